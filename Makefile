@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both run `make setup` first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.avmdvae-installed
+OUT    ?= demo_out
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+# torch: on our CPU machines `pip install torch==2.13.0` resolves to a local CPU wheel. If a torch
+# >= 2.2 is already importable in the venv (e.g. a CUDA build on a GPU machine), it is kept.
+# facenet-pytorch 2.5.3 goes in with --no-deps: its declared deps would pull torchvision.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 2))" 2>/dev/null \
+		|| $(PY) -m pip install --quiet "torch==2.13.0"
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('facenet_pytorch') is None)" \
+		|| $(PY) -m pip install --quiet --no-deps "facenet-pytorch==2.5.3"
+	$(PY) -m pip install --quiet -e ".[metrics,dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/avmdvae demo $(OUT)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check avmdvae tests bench examples
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from avmdvae.cli import main
+
+main()

@@ -1,0 +1,15 @@
+"""Command-line interface: `avmdvae preprocess | synth | train | resynth | swap | interpolate |
+denoise | eval | demo | info`. Each module below registers its commands on the shared app; the
+commands are thin layers over the Python API."""
+
+from avmdvae.cli.app import app
+
+# Importing a module registers its commands.
+from avmdvae.cli import preprocess as _preprocess  # noqa: E402,F401  (preprocess, info)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,59 @@
+"""The Typer application and the `command` decorator every sub-command uses.
+
+`command` turns an `AvmdvaeError` raised anywhere below a command into one red line on stderr and
+exit code 2, with no traceback. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from avmdvae.errors import AvmdvaeError
+
+app = typer.Typer(
+    name="avmdvae",
+    help="Audiovisual speech representation learning and manipulation with the VQ-MDVAE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train the stage-1 VQ-VAEs, the MDVAE, or the unimodal VQ-DSAE baselines.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Print `AvmdvaeError`s as one line and exit 2 instead of showing a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AvmdvaeError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: outputs written so far are complete; re-run to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """Register a sub-command of `typer_app` (default: the top-level app) wrapped in `user_errors`."""
+
+    def decorator(fn: F) -> F:
+        (typer_app or app).command(*args, **kwargs)(user_errors(fn))
+        return fn
+
+    return decorator

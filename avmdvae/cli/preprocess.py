@@ -1,0 +1,1 @@
+"""`avmdvae preprocess` and `avmdvae info` (being written)."""
