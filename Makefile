@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 2))" 2>/dev/null \
 		|| $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[metrics,dev]"
 	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('facenet_pytorch') is None)" \
 		|| $(PY) -m pip install --quiet --no-deps "facenet-pytorch==2.5.3"
-	$(PY) -m pip install --quiet -e ".[metrics,dev]"
 	@touch $(STAMP)
 
 demo: setup
