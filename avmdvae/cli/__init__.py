@@ -6,6 +6,7 @@ from avmdvae.cli.app import app
 
 # Importing a module registers its commands.
 from avmdvae.cli import preprocess as _preprocess  # noqa: E402,F401  (preprocess, info)
+from avmdvae.cli import train as _train  # noqa: E402,F401  (train vqvae|mdvae|dsae)
 
 
 def main() -> None:

@@ -1,0 +1,199 @@
+"""Audio front end: one power-spectrogram frame per video frame, and its inverses (torch, CPU or CUDA).
+
+Framing is defined by the video clock, not by an integer hop: spectrogram frame k is centred on sample
+round(k * sample_rate / fps). At 30 fps the hop is 16_000 / 30 = 533.33 samples, so an integer-hop STFT
+would drift by 1/3 sample per frame (200 samples after 60 s). We gather the frames by index instead,
+which keeps every centre within half a sample of the exact video timestamp for any clip length.
+
+Shapes: audio (..., S) float; complex spectrogram (..., N, 513); any leading batch dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from avmdvae.media import MODEL_FPS, SAMPLE_RATE
+
+N_FFT = 1024  # window length: 64 ms * 16_000 Hz = 1024 samples
+N_BINS = N_FFT // 2 + 1  # 513 one-sided frequency bins (0 .. 8 kHz, 15.625 Hz apart)
+HALF = N_FFT // 2  # 512: frame k covers samples [centre - 512, centre + 512)
+# Periodic Hann window: w[512] = 1 sits on the frame centre; at 30 fps neighbouring windows
+# (533.33 samples apart) overlap by 1024 - 533 = 491 samples, so sum_k w^2 > 0 everywhere.
+# Overlap-add divides by sum_k w^2 (>= 0.19 inside the signal at >= 25 fps). Only past the last
+# frame's centre does it fall towards 0; flooring it at 1e-3 (w >= 0.032, i.e. up to 453 samples from
+# the centre) bounds the gain there at 31x, and beyond that the output fades out smoothly to 0.
+_WSUM_FLOOR = 1e-3
+
+GL_ITERS = 64  # default Griffin-Lim iterations
+GL_MOMENTUM = 0.99  # Perraudin, Balazs & Sondergaard (2013) "fast Griffin-Lim", alpha = 0.99
+
+
+def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if not (t.is_floating_point() or t.is_complex()):
+        t = t.float()
+    return t
+
+
+def frame_centers(n_frames: int, fps: float = MODEL_FPS, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Centre sample of each spectrogram frame: round(k * sample_rate / fps), k = 0..n_frames-1. (N,) int64.
+
+    Computed in float64 from k directly (never by accumulating a hop), so there is no drift: the
+    error is at most half a sample for any k.
+    """
+    k = torch.arange(n_frames, dtype=torch.float64)
+    return torch.floor(k * sample_rate / fps + 0.5).long()
+
+
+def n_frames_for(num_samples: int, fps: float = MODEL_FPS, sample_rate: int = SAMPLE_RATE) -> int:
+    """Number of frames whose centre lies inside a signal of `num_samples` samples.
+
+    Inverse of `num_samples_for`: n_frames_for(round(N * sr / fps)) == N. Centre k is inside when
+    round(k * sr / fps) <= S - 1, i.e. k < (S - 0.5) * fps / sr.
+    """
+    if num_samples <= 0:
+        return 0
+    return int(math.ceil((num_samples - 0.5) * fps / sample_rate - 1e-9))
+
+
+def num_samples_for(n_frames: int, fps: float = MODEL_FPS, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples spanned by `n_frames` video frames: round(N * sample_rate / fps)."""
+    return int(math.floor(n_frames * sample_rate / fps + 0.5))
+
+
+class _Framing:
+    """Gather/scatter indices for N frames over a signal of S samples (zero-padded by HALF on the left).
+
+    idx (N, N_FFT): position in the padded signal of every windowed sample; padded length L.
+    """
+
+    def __init__(self, n_frames: int, num_samples: int, fps: float, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        centers = frame_centers(n_frames, fps).to(device)
+        self.n_frames, self.num_samples = n_frames, num_samples
+        # padded index of sample (centre - 512 + j) is centre + j
+        self.idx = centers[:, None] + torch.arange(N_FFT, device=device)[None, :]  # (N, N_FFT)
+        last = int(centers[-1]) + N_FFT if n_frames else 0
+        self.length = max(num_samples + HALF, last)  # padded length covering signal and all frames
+        self.window = torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device)
+        self._wsum: torch.Tensor | None = None
+
+    def wsum(self) -> torch.Tensor:
+        """Sum of squared windows at every padded position: (L,)."""
+        if self._wsum is None:
+            w2 = (self.window**2).expand(self.n_frames, N_FFT).reshape(-1)
+            self._wsum = torch.zeros(self.length, dtype=w2.dtype, device=w2.device).index_add_(
+                0, self.idx.reshape(-1), w2)
+        return self._wsum
+
+    def analyse(self, audio: torch.Tensor) -> torch.Tensor:
+        """(..., S) real -> (..., N, 513) complex."""
+        pad_right = self.length - HALF - audio.shape[-1]
+        padded = torch.nn.functional.pad(audio, (HALF, pad_right))  # (..., L)
+        frames = padded[..., self.idx]  # (..., N, N_FFT)
+        return torch.fft.rfft(frames * self.window, n=N_FFT)
+
+    def synthesise(self, spec: torch.Tensor) -> torch.Tensor:
+        """(..., N, 513) complex -> (..., S) real by weighted overlap-add, normalised by sum w^2."""
+        batch = spec.shape[:-2]
+        frames = torch.fft.irfft(spec, n=N_FFT) * self.window  # (..., N, N_FFT)
+        flat = frames.reshape(-1, self.n_frames * N_FFT)  # (B, N*N_FFT)
+        out = torch.zeros(flat.shape[0], self.length, dtype=flat.dtype, device=flat.device)
+        out.index_add_(1, self.idx.reshape(-1), flat)
+        wsum = self.wsum()
+        out = out / wsum.clamp_min(_WSUM_FLOOR)
+        return out[:, HALF:HALF + self.num_samples].reshape(*batch, self.num_samples)
+
+
+def stft(audio: torch.Tensor | np.ndarray, fps: float = MODEL_FPS,
+         n_frames: int | None = None) -> torch.Tensor:
+    """Complex STFT, one frame per video frame: (..., S) -> (..., N, 513).
+
+    Frame k is the Hann-windowed 1024-sample segment centred on sample round(k * 16000 / fps), zero
+    padded beyond the signal edges. `n_frames` defaults to `n_frames_for(S, fps)`; pass the video frame
+    count to get exactly one spectrogram frame per video frame (extra frames see zeros).
+    """
+    x = _as_tensor(audio)
+    if n_frames is None:
+        n_frames = n_frames_for(x.shape[-1], fps)
+    if n_frames <= 0:
+        raise ValueError(f"need at least one frame, got n_frames={n_frames} for {x.shape[-1]} samples")
+    return _Framing(n_frames, x.shape[-1], fps, x.device, x.dtype).analyse(x)
+
+
+def istft(spec: torch.Tensor | np.ndarray, fps: float = MODEL_FPS,
+          num_samples: int | None = None) -> torch.Tensor:
+    """Inverse of `stft` by weighted overlap-add: (..., N, 513) complex -> (..., S) real.
+
+    S defaults to round(N * 16000 / fps). Exact (up to float rounding) wherever sum_k w^2 >= 1e-3, i.e.
+    up to about 450 samples past the last frame's centre; beyond that (the last ~80 samples of a clip at
+    30 fps, ~190 at 25 fps) no window reaches and the output fades to 0.
+    """
+    z = _as_tensor(spec)
+    if not z.is_complex():
+        raise ValueError("istft expects a complex spectrogram (..., N, 513)")
+    n_frames = z.shape[-2]
+    if num_samples is None:
+        num_samples = num_samples_for(n_frames, fps)
+    real = z.real.dtype
+    return _Framing(n_frames, num_samples, fps, z.device, real).synthesise(z)
+
+
+def power_spectrogram(audio: torch.Tensor | np.ndarray, fps: float = MODEL_FPS,
+                      n_frames: int | None = None) -> torch.Tensor:
+    """|stft|^2 as float32: (..., S) -> (..., N, 513)."""
+    return stft(audio, fps=fps, n_frames=n_frames).abs().square().float()
+
+
+def _magnitude(power: torch.Tensor | np.ndarray) -> torch.Tensor:
+    p = _as_tensor(power)
+    return p.clamp_min(0).sqrt()
+
+
+def griffin_lim(power: torch.Tensor | np.ndarray, fps: float = MODEL_FPS, n_iter: int = GL_ITERS,
+                momentum: float = GL_MOMENTUM, num_samples: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Waveform (..., S) from a power spectrogram (..., N, 513) by fast Griffin-Lim.
+
+    Perraudin et al. (2013): with A the target magnitude, P_C2 = stft(istft(.)) the projection on
+    consistent spectrograms and P_C1(c) = A * c / |c|,
+        t_n = P_C1(P_C2(c_{n-1})),   c_n = t_n + momentum * (t_n - t_{n-1}),
+    starting from a random phase (drawn from `generator`, so the result is deterministic given it).
+    momentum = 0 is the classic Griffin-Lim. Returns istft(t_n).
+    """
+    mag = _magnitude(power)
+    n_frames = mag.shape[-2]
+    if num_samples is None:
+        num_samples = num_samples_for(n_frames, fps)
+    fr = _Framing(n_frames, num_samples, fps, mag.device, mag.dtype)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    phase0 = torch.rand(mag.shape, generator=generator, device=gen_device, dtype=mag.dtype)
+    c = torch.polar(mag, (2 * math.pi * phase0).to(mag.device))
+    t_prev: torch.Tensor | None = None
+    t = c
+    tiny = torch.finfo(mag.dtype).tiny
+    for _ in range(n_iter):
+        rebuilt = fr.analyse(fr.synthesise(c))
+        t = rebuilt * (mag / rebuilt.abs().clamp_min(tiny))  # real scale: cheaper than complex division
+        c = t if t_prev is None or momentum == 0 else t + momentum * (t - t_prev)
+        t_prev = t
+    return fr.synthesise(t)
+
+
+def invert_with_phase(power: torch.Tensor | np.ndarray, phase: torch.Tensor | np.ndarray,
+                      fps: float = MODEL_FPS, num_samples: int | None = None) -> torch.Tensor:
+    """Waveform (..., S) from a power spectrogram and a phase (radians), both (..., N, 513)."""
+    mag = _magnitude(power)
+    ph = _as_tensor(phase).to(device=mag.device, dtype=mag.dtype)
+    return istft(torch.polar(mag, ph), fps=fps, num_samples=num_samples)
+
+
+def spectral_convergence(power: torch.Tensor | np.ndarray, audio: torch.Tensor | np.ndarray,
+                         fps: float = MODEL_FPS) -> float:
+    """|| |stft(audio)| - sqrt(power) ||_F / || sqrt(power) ||_F  (lower is better; 0 = consistent)."""
+    target = _magnitude(power)
+    est = stft(audio, fps=fps, n_frames=target.shape[-2]).abs().to(target.dtype)
+    return float(torch.linalg.vector_norm(est - target) / torch.linalg.vector_norm(target).clamp_min(1e-12))

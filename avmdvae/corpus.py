@@ -1,0 +1,651 @@
+"""The preprocessed corpus: on-disk format, reader, writer and the training datasets.
+
+Layout of a corpus folder OUT (documented for users in docs/corpus-format.md):
+
+    OUT/corpus.json                {"format_version": 1, "params": {...}}
+    OUT/manifest.csv               one row per finished clip, rebuilt atomically from the clip.json files
+    OUT/skipped.jsonl              one JSON line per skipped clip, rebuilt from OUT/skipped/*.json
+    OUT/clips/<clip_id>/faces.npy  (N, 64, 64, 3) uint8 face crops
+    OUT/clips/<clip_id>/spec.npy   (N, 513) float32 power spectrogram, row k aligned with face k
+    OUT/clips/<clip_id>/truth.npz  optional ground truth of a synthetic clip
+    OUT/clips/<clip_id>/clip.json  the ClipRecord, written LAST: its presence means "clip complete"
+    OUT/skipped/<clip_id>.json     why a clip was skipped (one small file per clip, so parallel shards
+                                   never write the same file)
+
+Every file is written atomically (avmdvae.atomic), so a killed run leaves at most temporary files
+(`.name.XXXX.tmp.ext`) in the folder of the clip it was working on; they are removed when that clip is
+processed again. Arrays are plain .npy files so that training reads random windows through memory maps
+without ever loading the corpus.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avmdvae.atomic import atomic_path, save_npy, write_json, write_text
+from avmdvae.errors import CorpusError
+
+CORPUS_FORMAT_VERSION = 1
+SPLITS = ("train", "validation", "test")
+MODALITIES = ("audio", "visual")
+
+CORPUS_FILE = "corpus.json"
+MANIFEST_FILE = "manifest.csv"
+SKIPPED_FILE = "skipped.jsonl"
+CLIPS_DIR = "clips"
+SKIPPED_DIR = "skipped"
+CLIP_FILE = "clip.json"
+FACES_FILE = "faces.npy"
+SPEC_FILE = "spec.npy"
+TRUTH_FILE = "truth.npz"
+TMP_MARK = ".tmp"  # avmdvae.atomic temporary files are named ".<stem>.XXXX.tmp<suffix>"
+
+# Open memory maps kept per dataset instance. Each np.memmap holds a file descriptor, so a corpus of
+# 30k clips cannot keep them all open (the usual soft limit is 1024 descriptors); 256 maps (128 clips
+# x 2 arrays) stay far below it. A miss re-opens the .npy (tens of microseconds, small next to copying
+# a window).
+MEMMAP_CACHE_SIZE = 256
+
+# Parameters whose mismatch makes a corpus unusable for a model (array shapes or time base change).
+# `detector` only records how the crops were made; it is compared when writing into an existing
+# corpus (never mix crops of two front ends), not when a trainer opens one.
+SHAPE_FIELDS = ("fps", "sample_rate", "n_fft", "face_size")
+# Command-line option that sets each parameter (for error messages).
+PARAM_OPTIONS = {"fps": "--fps", "detector": "--detector"}
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Everything that determines the content of a corpus' arrays."""
+
+    fps: float = 30.0  # model frame rate: one face and one spectrogram row per 1/fps s
+    sample_rate: int = 16_000
+    n_fft: int = 1024  # 64 ms at 16 kHz -> n_fft // 2 + 1 = 513 bins
+    face_size: int = 64
+    detector: str = "mtcnn"
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CorpusError(f"unknown preprocessing parameter(s) {', '.join(unknown)}; "
+                              "this corpus was made by a newer avmdvae: upgrade avmdvae")
+        kw: dict[str, Any] = dict(d)
+        for name in ("sample_rate", "n_fft", "face_size"):
+            if name in kw:
+                kw[name] = int(kw[name])
+        if "fps" in kw:
+            kw["fps"] = float(kw["fps"])
+        return cls(**kw)
+
+    def mismatches(self, expect: PreprocessParams | Mapping[str, Any],
+                   names: Sequence[str] | None = None) -> list[str]:
+        """Names of the parameters in which `expect` differs from self.
+
+        With a mapping, only its keys are compared; with a PreprocessParams, the fields in `names`
+        (default: all fields).
+        """
+        if isinstance(expect, PreprocessParams):
+            wanted = {n: getattr(expect, n) for n in (names or [f.name for f in fields(self)])}
+        else:
+            wanted = dict(expect)
+        out = []
+        for name, value in wanted.items():
+            if not hasattr(self, name):
+                raise CorpusError(f"unknown preprocessing parameter {name!r}; "
+                                  f"known: {', '.join(f.name for f in fields(self))}")
+            mine = getattr(self, name)
+            if isinstance(mine, float):
+                if abs(float(value) - mine) > 1e-9:
+                    out.append(name)
+            elif value != mine:
+                out.append(name)
+        return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def params_mismatch_message(root: Path, have: PreprocessParams,
+                            want: PreprocessParams | Mapping[str, Any], names: list[str]) -> str:
+    """'corpus X was preprocessed with fps=25 but fps=30 was asked; re-run ... or pass --fps 25'."""
+    want_d = want.to_dict() if isinstance(want, PreprocessParams) else dict(want)
+    had = ", ".join(f"{n}={_fmt(getattr(have, n))}" for n in names)
+    asked = ", ".join(f"{n}={_fmt(want_d[n])}" for n in names)
+    opts = " ".join(f"{PARAM_OPTIONS[n]} {_fmt(getattr(have, n))}" for n in names if n in PARAM_OPTIONS)
+    fix = "re-run `avmdvae preprocess` into a new folder with the parameters you want"
+    if opts:
+        fix += f", or pass {opts}"
+    return f"corpus {root} was preprocessed with {had} but {asked} was asked; {fix}"
+
+
+@dataclass
+class ClipRecord:
+    """One finished clip (a row of manifest.csv and the content of clips/<clip_id>/clip.json)."""
+
+    clip_id: str
+    source: str  # the input video file (a separate audio file, if used, is in clip.json "audio_source")
+    speaker: str
+    emotion: str | None
+    intensity: int | None
+    sentence: str | None
+    n_frames: int
+    split: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClipRecord:
+        def opt_str(v: Any) -> str | None:
+            return None if v is None or v == "" else str(v)
+
+        intensity = d.get("intensity")
+        return cls(
+            clip_id=str(d["clip_id"]),
+            source=str(d.get("source", "")),
+            speaker=str(d.get("speaker", "")),
+            emotion=opt_str(d.get("emotion")),
+            intensity=None if intensity is None or intensity == "" else int(intensity),
+            sentence=opt_str(d.get("sentence")),
+            n_frames=int(d["n_frames"]),
+            split=str(d["split"]),
+        )
+
+
+MANIFEST_COLUMNS = [f.name for f in fields(ClipRecord)]
+
+
+def manifest_text(records: Iterable[ClipRecord]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
+    return buf.getvalue()
+
+
+def read_manifest(path: Path) -> list[ClipRecord]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [ClipRecord.from_dict(row) for row in csv.DictReader(f)]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (a torn copy, say)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _read_corpus_json(root: Path) -> tuple[PreprocessParams, dict[str, Any]]:
+    meta_path = root / CORPUS_FILE
+    if not root.exists():
+        raise CorpusError(f"corpus {root} does not exist; create it with `avmdvae preprocess INPUT {root}`")
+    if not meta_path.is_file():
+        raise CorpusError(f"{root} is not an avmdvae corpus (no {CORPUS_FILE}); "
+                          f"create one with `avmdvae preprocess INPUT {root}`")
+    meta = _read_json(meta_path)
+    if meta is None or "format_version" not in meta or "params" not in meta:
+        raise CorpusError(f"{meta_path} is unreadable or incomplete; "
+                          "re-run `avmdvae preprocess` into a new folder")
+    version = meta["format_version"]
+    if version != CORPUS_FORMAT_VERSION:
+        raise CorpusError(f"corpus {root} has format version {version} but this avmdvae reads version "
+                          f"{CORPUS_FORMAT_VERSION}; re-run `avmdvae preprocess` with this version "
+                          "(or use the avmdvae that made it)")
+    return PreprocessParams.from_dict(meta["params"]), meta
+
+
+def is_corpus(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / CORPUS_FILE).is_file()
+
+
+def scan_clip_records(root: Path, known: Mapping[str, ClipRecord] | None = None) -> list[ClipRecord]:
+    """Records of all complete clips (folders with a clip.json), sorted by clip id.
+
+    Records in `known` (e.g. read from manifest.csv) are reused for folders that still have a
+    clip.json, so only clips finished after the last manifest rebuild are parsed.
+    """
+    clips_dir = root / CLIPS_DIR
+    out: list[ClipRecord] = []
+    if not clips_dir.is_dir():
+        return out
+    known = known or {}
+    with os.scandir(clips_dir) as it:
+        for entry in it:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            clip_json = Path(entry.path) / CLIP_FILE
+            if entry.name in known:
+                if clip_json.is_file():
+                    out.append(known[entry.name])
+                continue
+            d = _read_json(clip_json)
+            if d is not None:
+                out.append(ClipRecord.from_dict(d))
+    out.sort(key=lambda r: r.clip_id)
+    return out
+
+
+def scan_skipped(root: Path) -> list[dict[str, Any]]:
+    """Skip records (dicts with clip_id, source, reason, permanent, ...) from OUT/skipped/*.json."""
+    d = root / SKIPPED_DIR
+    out = []
+    if d.is_dir():
+        for p in sorted(d.glob("*.json")):
+            if p.name.startswith("."):
+                continue
+            rec = _read_json(p)
+            if rec is not None:
+                out.append(rec)
+    return out
+
+
+class Corpus:
+    """Read access to a preprocessed corpus. Arrays are returned as read-only memory maps."""
+
+    def __init__(self, root: Path, params: PreprocessParams, clips: list[ClipRecord],
+                 meta: dict[str, Any] | None = None):
+        self.root = root
+        self.params = params
+        self.clips = clips
+        self.meta = meta or {}
+        self._by_id = {c.clip_id: c for c in clips}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str],
+             expect: PreprocessParams | Mapping[str, Any] | None = None) -> Corpus:
+        """Open the corpus at `path`.
+
+        `expect`: the parameters the caller needs. A PreprocessParams is compared on the fields that
+        change array shapes or the time base (SHAPE_FIELDS: fps, sample_rate, n_fft, face_size); a
+        mapping is compared on exactly its keys. Any difference raises CorpusError, as do a missing
+        corpus and another format version.
+        """
+        root = Path(path)
+        params, meta = _read_corpus_json(root)
+        if expect is not None:
+            names = params.mismatches(expect, SHAPE_FIELDS if isinstance(expect, PreprocessParams) else None)
+            if names:
+                raise CorpusError(params_mismatch_message(root, params, expect, names))
+        known: dict[str, ClipRecord] = {}
+        manifest = root / MANIFEST_FILE
+        if manifest.is_file():
+            try:
+                known = {r.clip_id: r for r in read_manifest(manifest)}
+            except (OSError, ValueError, KeyError):
+                known = {}  # unreadable manifest: fall back to the clip.json files
+        return cls(root, params, scan_clip_records(root, known), meta)
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.root)!r}, {len(self.clips)} clips)"
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def split(self, name: str) -> list[ClipRecord]:
+        if name not in SPLITS:
+            raise CorpusError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        return [c for c in self.clips if c.split == name]
+
+    def clip(self, clip_id: str) -> ClipRecord:
+        try:
+            return self._by_id[clip_id]
+        except KeyError:
+            raise CorpusError(f"corpus {self.root} has no clip {clip_id!r}; "
+                              f"`avmdvae info {self.root}` lists what it holds") from None
+
+    def clip_dir(self, clip_id: str) -> Path:
+        return self.root / CLIPS_DIR / clip_id
+
+    def faces(self, clip_id: str) -> np.memmap:
+        """(N, face_size, face_size, 3) uint8, memory-mapped read-only."""
+        return self._load(clip_id, FACES_FILE)
+
+    def spec(self, clip_id: str) -> np.memmap:
+        """(N, n_fft // 2 + 1) float32 power spectrogram, memory-mapped read-only."""
+        return self._load(clip_id, SPEC_FILE)
+
+    def truth(self, clip_id: str) -> dict[str, np.ndarray] | None:
+        """Ground truth of a synthetic clip (see avmdvae.synth), or None for real media."""
+        self.clip(clip_id)
+        p = self.clip_dir(clip_id) / TRUTH_FILE
+        if not p.is_file():
+            return None
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def _load(self, clip_id: str, name: str) -> np.memmap:
+        self.clip(clip_id)
+        p = self.clip_dir(clip_id) / name
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"cannot read {p} ({e}); delete {p.parent} and re-run `avmdvae preprocess` "
+                              "to redo that clip") from None
+        return arr
+
+    def skipped(self) -> list[dict[str, Any]]:
+        return scan_skipped(self.root)
+
+    def speakers(self, split: str | None = None) -> list[str]:
+        clips = self.clips if split is None else self.split(split)
+        return sorted({c.speaker for c in clips})
+
+    def n_frames(self, split: str | None = None) -> int:
+        clips = self.clips if split is None else self.split(split)
+        return sum(c.n_frames for c in clips)
+
+
+class CorpusWriter:
+    """Creates or extends a corpus. Safe to use from several processes on distinct clips."""
+
+    def __init__(self, root: str | os.PathLike[str], params: PreprocessParams):
+        self.root = Path(root)
+        self.params = params
+        if (self.root / CORPUS_FILE).exists():
+            have, _ = _read_corpus_json(self.root)
+            names = have.mismatches(params)
+            if names:
+                raise CorpusError(params_mismatch_message(self.root, have, params, names)
+                                  .replace("was asked", "was asked for the new clips"))
+        else:
+            if self.root.exists() and not self.root.is_dir():
+                raise CorpusError(f"output {self.root} exists and is not a folder; "
+                                  "choose another output path")
+            if self.root.is_dir() and any(p.name not in (CLIPS_DIR, SKIPPED_DIR)
+                                          for p in self.root.iterdir()):
+                raise CorpusError(f"output folder {self.root} is not empty and is not a corpus; "
+                                  "choose a new or empty folder")
+            from avmdvae import __version__
+
+            write_json(self.root / CORPUS_FILE, {"format_version": CORPUS_FORMAT_VERSION,
+                                                 "params": params.to_dict(),
+                                                 "created_by": f"avmdvae {__version__}"})
+        (self.root / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
+
+    def clip_dir(self, clip_id: str) -> Path:
+        return self.root / CLIPS_DIR / clip_id
+
+    def is_done(self, clip_id: str) -> bool:
+        return (self.clip_dir(clip_id) / CLIP_FILE).is_file()
+
+    def skip_record(self, clip_id: str) -> dict[str, Any] | None:
+        return _read_json(self.root / SKIPPED_DIR / f"{clip_id}.json")
+
+    def clean_partial(self, clip_id: str) -> int:
+        """Remove what an interrupted run left for an unfinished clip; returns the number of files."""
+        d = self.clip_dir(clip_id)
+        n = 0
+        if d.is_dir() and not (d / CLIP_FILE).exists():
+            for p in d.iterdir():
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+    def write_clip(self, record: ClipRecord, faces: np.ndarray, spec: np.ndarray,
+                   truth: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> None:
+        """Write one clip: faces.npy, spec.npy, optional truth.npz, then clip.json (last).
+
+        faces: (N, S, S, 3) uint8; spec: (N, n_bins) float32; N == record.n_frames.
+        truth: a dict of arrays, or the path of an .npz to copy. `extra` goes into clip.json only.
+        """
+        p = self.params
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (p.face_size, p.face_size, 3):
+            raise ValueError(f"faces must be (N,{p.face_size},{p.face_size},3) uint8, got "
+                             f"{faces.shape} {faces.dtype}")
+        if spec.ndim != 2 or spec.shape[1] != p.n_bins:
+            raise ValueError(f"spec must be (N,{p.n_bins}), got {spec.shape}")
+        if not (len(faces) == len(spec) == record.n_frames):
+            raise ValueError(f"faces ({len(faces)}), spec ({len(spec)}) and "
+                             f"n_frames ({record.n_frames}) differ")
+        d = self.clip_dir(record.clip_id)
+        (d / CLIP_FILE).unlink(missing_ok=True)  # the clip is incomplete until clip.json is back
+        self.clean_partial(record.clip_id)
+        d.mkdir(parents=True, exist_ok=True)
+        save_npy(d / FACES_FILE, faces)
+        save_npy(d / SPEC_FILE, spec.astype(np.float32, copy=False))
+        if truth is not None:
+            if isinstance(truth, Mapping):
+                arrays = {k: np.asarray(v) for k, v in truth.items()}
+            else:
+                with np.load(truth, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+            with atomic_path(d / TRUTH_FILE) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        meta = record.to_dict()
+        if extra:
+            meta.update({k: v for k, v in extra.items() if k not in meta})
+        write_json(d / CLIP_FILE, meta)
+        (self.root / SKIPPED_DIR / f"{record.clip_id}.json").unlink(missing_ok=True)
+
+    def write_skipped(self, clip_id: str, source: str, reason: str, permanent: bool = True,
+                      **extra: Any) -> None:
+        """Record that `clip_id` was skipped. Permanent reasons (bad media, no face...) are not retried
+        by a re-run while the source is unchanged; others (unexpected errors) are."""
+        rec = {"clip_id": clip_id, "source": source, "reason": reason, "permanent": permanent,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        write_json(self.root / SKIPPED_DIR / f"{clip_id}.json", rec)
+
+    def clear_skipped(self, clip_id: str) -> None:
+        (self.root / SKIPPED_DIR / f"{clip_id}.json").unlink(missing_ok=True)
+
+    def rebuild_index(self) -> tuple[int, int]:
+        """Rewrite manifest.csv and skipped.jsonl from the per-clip files; returns (done, skipped)."""
+        known: dict[str, ClipRecord] = {}
+        records = scan_clip_records(self.root, known)
+        write_text(self.root / MANIFEST_FILE, manifest_text(records))
+        skipped = scan_skipped(self.root)
+        write_text(self.root / SKIPPED_FILE, "".join(json.dumps(s, sort_keys=True) + "\n" for s in skipped))
+        return len(records), len(skipped)
+
+
+def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    mods = tuple(modalities)
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or not mods:
+        raise CorpusError(f"unknown modality {bad[0] if bad else '(none)'}; use audio and/or visual")
+    return mods
+
+
+class _MemmapCache:
+    """Small LRU of open memory maps (see MEMMAP_CACHE_SIZE)."""
+
+    def __init__(self, corpus: Corpus, size: int | None = None):
+        self.corpus = corpus
+        self.size = MEMMAP_CACHE_SIZE if size is None else size
+        self._maps: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def get(self, clip_id: str, modality: str) -> np.ndarray:
+        key = (clip_id, modality)
+        m = self._maps.get(key)
+        if m is None:
+            m = self.corpus.spec(clip_id) if modality == "audio" else self.corpus.faces(clip_id)
+            self._maps[key] = m
+            if len(self._maps) > self.size:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(key)
+        return m
+
+    def clear(self) -> None:
+        self._maps.clear()
+
+
+class WindowDataset(Dataset):
+    """Windows of `length` consecutive frames from the clips of one split.
+
+    Item: {"audio": float32 tensor (T, 513), "visual": uint8 tensor (T, 64, 64, 3), "clip_id": str,
+    "start": int} (only the requested modalities). Arrays are read through memory maps; the corpus is
+    never loaded.
+
+    Each clip contributes `windows_per_clip` items (default: n_frames // length, so one epoch covers
+    about every frame once). With `random_start` (default: True for "train", False otherwise) item
+    starts are drawn uniformly with torch's RNG (seed it, or rely on DataLoader's per-worker seeds);
+    otherwise window k of a clip starts at k * length (non-overlapping tiling, deterministic).
+    Clips shorter than `length` are left out; their number is in `n_short`.
+    """
+
+    def __init__(self, corpus: Corpus, split: str = "train", length: int = 30,
+                 modalities: Sequence[str] = MODALITIES, windows_per_clip: int | None = None,
+                 random_start: bool | None = None):
+        if length < 1:
+            raise CorpusError(f"window length must be >= 1 frame, got {length}")
+        self.corpus = corpus
+        self.split = split
+        self.length = int(length)
+        self.modalities = _check_modalities(modalities)
+        self.random_start = (split == "train") if random_start is None else random_start
+        clips = corpus.split(split)
+        if not clips:
+            raise CorpusError(f"split {split!r} of corpus {corpus.root} has no clips; "
+                              f"`avmdvae info {corpus.root}` shows the splits")
+        self.clips = [c for c in clips if c.n_frames >= self.length]
+        self.n_short = len(clips) - len(self.clips)
+        if not self.clips:
+            raise CorpusError(f"all {len(clips)} clips of split {split!r} are shorter than {self.length} "
+                              "frames; use a shorter window or longer clips")
+        n_frames = np.array([c.n_frames for c in self.clips], dtype=np.int64)
+        if windows_per_clip is None:
+            counts = n_frames // self.length
+        else:
+            counts = np.full(len(self.clips), max(1, int(windows_per_clip)), dtype=np.int64)
+        self._n_frames = n_frames
+        self._counts = counts
+        self._ends = np.cumsum(counts)  # item i belongs to clip searchsorted(ends, i, "right")
+        self._cache = _MemmapCache(corpus)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def summary(self) -> str:
+        s = f"{len(self)} windows of {self.length} frames from {len(self.clips)} {self.split} clips"
+        if self.n_short:
+            s += f" ({self.n_short} clips shorter than {self.length} frames left out)"
+        return s
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip index, window number within the clip) of item `index`."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        c = int(np.searchsorted(self._ends, index, side="right"))
+        k = index - (int(self._ends[c - 1]) if c else 0)
+        return c, k
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        c, k = self.locate(index)
+        clip = self.clips[c]
+        n = int(self._n_frames[c])
+        span = n - self.length
+        if self.random_start:
+            start = int(torch.randint(0, span + 1, ()).item()) if span else 0
+        else:
+            n_tiles = n // self.length
+            start = (k % n_tiles) * self.length if n_tiles else 0
+        item: dict[str, Any] = {"clip_id": clip.clip_id, "start": start}
+        for m in self.modalities:
+            arr = self._cache.get(clip.clip_id, m)
+            item[m] = torch.from_numpy(np.array(arr[start:start + self.length]))
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Do not pickle open memory maps (they would be copied into the pickle) for spawned workers.
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = _MemmapCache(self.corpus)
+
+
+class FrameDataset(Dataset):
+    """Single frames of one modality over all clips of a split (stage-1 VQ-VAE training).
+
+    Item: {"audio": float32 tensor (513,)} or {"visual": uint8 tensor (64, 64, 3)}. Item i maps to a
+    clip through cumulative frame offsets. `gather(indices)` returns a whole batch at once, which is
+    much faster than collating single items.
+    """
+
+    def __init__(self, corpus: Corpus, split: str = "train", modality: str = "visual"):
+        (self.modality,) = _check_modalities([modality])
+        self.corpus = corpus
+        self.split = split
+        self.clips = [c for c in corpus.split(split) if c.n_frames > 0]
+        if not self.clips:
+            raise CorpusError(f"split {split!r} of corpus {corpus.root} has no clips; "
+                              f"`avmdvae info {corpus.root}` shows the splits")
+        self._offsets = np.concatenate([[0], np.cumsum([c.n_frames for c in self.clips])]).astype(np.int64)
+        self._cache = _MemmapCache(corpus)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip index, frame index within the clip) of item `index`."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        c = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return c, index - int(self._offsets[c])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c, f = self.locate(index)
+        arr = self._cache.get(self.clips[c].clip_id, self.modality)
+        return {self.modality: torch.from_numpy(np.array(arr[f]))}
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Frames at `indices` stacked: (B, 513) float32 or (B, 64, 64, 3) uint8."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError("frame index out of range")
+        clip_idx = np.searchsorted(self._offsets, idx, side="right") - 1
+        order = np.argsort(clip_idx, kind="stable")
+        first = self._cache.get(self.clips[0].clip_id, self.modality)
+        out = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
+        for c in np.unique(clip_idx):
+            sel = order[clip_idx[order] == c]
+            arr = self._cache.get(self.clips[int(c)].clip_id, self.modality)
+            out[sel] = arr[idx[sel] - self._offsets[c]]
+        return torch.from_numpy(out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = _MemmapCache(self.corpus)

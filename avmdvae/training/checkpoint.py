@@ -1,0 +1,163 @@
+"""Run directories and checkpoints.
+
+A run directory (the `-o RUN` of `avmdvae train ...`) holds::
+
+    RUN/last.pt         state at the end of the latest epoch (or mid-epoch, see train.checkpoint_every)
+    RUN/best.pt         state at the epoch with the lowest validation loss
+    RUN/config.yaml     the resolved config (for reading; the checkpoints carry their own copy)
+    RUN/metrics.jsonl   one JSON object per logged train step / validation epoch
+    RUN/tb/             TensorBoard events (when tensorboard is installed)
+
+A checkpoint is a dict of tensors and plain containers only (loadable with weights_only=True)::
+
+    format, format_version, kind ("vqvae"|"mdvae"|"dsae"), modality ("audio"|"visual"|None),
+    config (nested dict), corpus {"path", "params"}, stage1 {modality: {"run", "checkpoint", "sha256",
+    "config"}}, model (state_dict), optimizer, scaler (or None), rng {"torch", "cuda"},
+    epoch (epochs completed), step_in_epoch (global batches done in epoch `epoch`), step (global),
+    best_val, metrics {"train": {...}, "val": {...}}, versions {"torch", "avmdvae"}
+
+All writes are atomic (temporary file + rename), so a kill never leaves a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avmdvae.atomic import atomic_path
+from avmdvae.errors import ConfigError
+
+CHECKPOINT_FORMAT = "avmdvae-checkpoint"
+CHECKPOINT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+# 1 MiB reads: hashing a 100 MB checkpoint takes well under a second.
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file next to `path`, then rename."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and ((path / LAST).is_file() or (path / BEST).is_file())
+
+
+def checkpoint_path(run: str | Path, which: str = "best") -> Path:
+    """RUN/best.pt (falling back to last.pt) or RUN/last.pt; a file path is returned as is."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise ConfigError(f"run directory {run} not found: pass the -o folder of an `avmdvae train` run")
+    order = [BEST, LAST] if which == "best" else [LAST, BEST]
+    for name in order:
+        if (run / name).is_file():
+            return run / name
+    raise ConfigError(f"{run} has no checkpoint (best.pt / last.pt): train it first or check the path")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load(weights_only=True) with format checks; problems are one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path} not found: check the run directory") from None
+    except Exception as e:  # unpickling errors come in many types
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        why = next((ln for ln in lines if ln.startswith("WeightsUnpickler")), lines[0])[:160]
+        raise ConfigError(
+            f"cannot read checkpoint {path} ({why}): it is not an avmdvae checkpoint or is damaged"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not an avmdvae checkpoint: pass the -o folder of an `avmdvae train` run")
+    if state.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} was written by a newer avmdvae (format {state['format_version']}): upgrade")
+    return state
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Torch RNG states as tensors (the training loop draws randomness only from torch)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for inference (eval mode) and everything known about how it was made."""
+
+    model: torch.nn.Module
+    kind: str
+    modality: str | None
+    config: dict[str, Any]
+    corpus: dict[str, Any]  # {"path": str, "params": PreprocessParams dict}
+    stage1: dict[str, dict[str, Any]]  # modality -> {"run", "checkpoint", "sha256", "config"}
+    checkpoint: Path
+    sha256: str
+    epoch: int
+    step: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def stage1_models(self, device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
+        """Load the stage-1 VQ-VAEs this stage-2 run was trained on, checking their hashes."""
+        out = {}
+        for modality, ref in self.stage1.items():
+            run = load_run(ref["checkpoint"], device=device)
+            if run.sha256 != ref["sha256"]:
+                raise ConfigError(
+                    f"stage-1 checkpoint {ref['checkpoint']} changed since {self.checkpoint} was trained "
+                    "(sha256 differs): use the original stage-1 run"
+                )
+            out[modality] = run.model
+        return out
+
+
+def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
+    """Load RUN/best.pt (or `which="last"`, or a .pt file) -> model in eval mode + metadata."""
+    from avmdvae.training.tasks import build_model
+
+    ckpt = checkpoint_path(path, which)
+    state = load_checkpoint(ckpt, map_location="cpu")
+    model = build_model(state["kind"], state["modality"], state["config"])
+    load_model_state(model, state["model"], ckpt)
+    model.to(device).eval()
+    return LoadedRun(
+        model=model, kind=state["kind"], modality=state["modality"], config=state["config"],
+        corpus=state["corpus"], stage1=state.get("stage1", {}), checkpoint=ckpt, sha256=sha256_file(ckpt),
+        epoch=state["epoch"], step=state["step"], metrics=state.get("metrics", {}),
+    )
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: Path | str) -> None:
+    """load_state_dict with shape mismatches reported as one line."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+        raise ConfigError(
+            f"checkpoint {where} does not fit the model config ({detail[:200]}): use the matching config"
+        ) from None

@@ -1,0 +1,162 @@
+"""Stage-2 inputs: continuous stage-1 encoder outputs, computed once per corpus and cached.
+
+Layout, inside the corpus folder (one sub-folder per stage-1 checkpoint, named by its hash, so
+several stage-1 runs never mix and a retrained VQ-VAE gets fresh features)::
+
+    CORPUS/features/<sha256 of the stage-1 checkpoint, first 16 hex>/meta.json
+    CORPUS/features/<...>/<clip_id>.audio.npy     (N, Da) float32, row k = feature of frame k
+    CORPUS/features/<...>/<clip_id>.visual.npy    (N, Dv) float32
+
+Each file is written atomically, so an interrupted computation resumes where it stopped (finished
+clips are skipped). Under DDP each rank computes every W-th clip. Training then reads windows of
+T frames through memory maps (`FeatureWindows`), never loading the cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from avmdvae.atomic import save_npy, write_json
+from avmdvae.corpus import ClipRecord, Corpus
+from avmdvae.errors import CorpusError
+
+FEATURES_DIR = "features"
+HASH_CHARS = 16  # 64 bits of the sha256: no accidental collisions between a user's stage-1 runs
+# Frames encoded per forward pass: 512 visual frames at reference size take ~0.1 GB of activations.
+ENCODE_CHUNK = 512
+# Open memory maps per dataset (see corpus.MEMMAP_CACHE_SIZE: file descriptors are limited).
+MEMMAP_CACHE_SIZE = 256
+
+
+def feature_dir(corpus_root: str | Path, stage1_sha256: str) -> Path:
+    return Path(corpus_root) / FEATURES_DIR / stage1_sha256[:HASH_CHARS]
+
+
+def feature_file(directory: Path, clip_id: str, modality: str) -> Path:
+    return directory / f"{clip_id}.{modality}.npy"
+
+
+def _complete(path: Path, n_frames: int, dim: int) -> bool:
+    """The file exists and has the expected shape (reading only the .npy header)."""
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    return arr.shape == (n_frames, dim) and arr.dtype == np.float32
+
+
+@torch.no_grad()
+def compute_features(
+    corpus: Corpus, vqvae: nn.Module, modality: str, stage1_sha256: str, device: torch.device,
+    clips: Sequence[ClipRecord] | None = None, rank: int = 0, world_size: int = 1, progress: bool = False,
+) -> Path:
+    """Encode every clip (of `clips`, default all) with `vqvae.feature` into the cache; returns its folder.
+
+    Clips already cached with the right shape are skipped. fp32, eval mode (no codebook updates).
+    """
+    out = feature_dir(corpus.root, stage1_sha256)
+    dim = int(vqvae.feature_dim)
+    if rank == 0 and not (out / "meta.json").is_file():
+        write_json(out / "meta.json", {"stage1_sha256": stage1_sha256, "modality": modality, "dim": dim})
+    out.mkdir(parents=True, exist_ok=True)
+    clips = list(corpus.clips if clips is None else clips)
+    todo = [c for i, c in enumerate(clips) if i % world_size == rank and c.n_frames > 0]
+    todo = [c for c in todo if not _complete(feature_file(out, c.clip_id, modality), c.n_frames, dim)]
+    if not todo:
+        return out
+    was_training = vqvae.training
+    vqvae.eval()
+    bar = None
+    if progress and rank == 0:
+        from rich.progress import Progress
+
+        from avmdvae.cli.app import console
+
+        bar = Progress(console=console, transient=True)
+        bar.start()
+        task = bar.add_task(f"{modality} features", total=len(todo))
+    try:
+        for clip in todo:
+            arr = corpus.spec(clip.clip_id) if modality == "audio" else corpus.faces(clip.clip_id)
+            feats = np.empty((clip.n_frames, dim), dtype=np.float32)
+            for i in range(0, clip.n_frames, ENCODE_CHUNK):
+                x = torch.from_numpy(np.array(arr[i : i + ENCODE_CHUNK])).to(device)
+                feats[i : i + len(x)] = vqvae.feature(x).float().cpu().numpy()
+            save_npy(feature_file(out, clip.clip_id, modality), feats)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+        vqvae.train(was_training)
+    return out
+
+
+class FeatureWindows(Dataset):
+    """Windows of T consecutive frames of cached stage-1 features, for one corpus split.
+
+    Window starts of a clip: 0, hop, 2*hop, ... while the window fits (deterministic, so that data
+    order depends only on the sampler's (seed, epoch)). Clips shorter than T are left out.
+    `__getitem__` takes an index or a list of indices; a list returns a whole batch:
+    {modality: float32 tensor (B, T, D)} (no batch dim for a single index).
+    """
+
+    def __init__(
+        self, corpus: Corpus, split: str, dirs: dict[str, Path], length: int, hop: int,
+    ) -> None:
+        self.corpus, self.split, self.dirs, self.length = corpus, split, dirs, int(length)
+        clips = corpus.split(split)
+        self.clips = [c for c in clips if c.n_frames >= self.length]
+        self.n_short = len(clips) - len(self.clips)
+        starts = [np.arange(0, c.n_frames - self.length + 1, hop, dtype=np.int64) for c in self.clips]
+        self._clip = np.concatenate([np.full(len(s), i) for i, s in enumerate(starts)] or [np.zeros(0)]).astype(
+            np.int64
+        )
+        self._start = np.concatenate(starts or [np.zeros(0, dtype=np.int64)])
+        self._maps: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        for c in self.clips:
+            for m, d in dirs.items():
+                if not feature_file(d, c.clip_id, m).is_file():
+                    raise CorpusError(
+                        f"feature cache {d} lacks {c.clip_id}.{m}.npy: delete {d} and train again to recompute it"
+                    )
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def _map(self, c: int, modality: str) -> np.ndarray:
+        key = (c, modality)
+        m = self._maps.get(key)
+        if m is None:
+            m = np.load(feature_file(self.dirs[modality], self.clips[c].clip_id, modality), mmap_mode="r")
+            self._maps[key] = m
+            if len(self._maps) > MEMMAP_CACHE_SIZE:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(key)
+        return m
+
+    def __getitem__(self, index: int | Sequence[int]) -> dict[str, Any]:
+        single = isinstance(index, (int, np.integer))
+        idx = [int(index)] if single else [int(i) for i in index]
+        out: dict[str, Any] = {}
+        for m in self.dirs:
+            rows = [self._map(self._clip[i], m)[self._start[i] : self._start[i] + self.length] for i in idx]
+            batch = torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+            out[m] = batch[0] if single else batch
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = OrderedDict()  # never pickle open memory maps into DataLoader workers
+        return state

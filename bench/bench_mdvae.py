@@ -1,0 +1,148 @@
+"""MDVAE training-step benchmark: efficient model vs the step-by-step oracle, and vs the matmul floor.
+
+A step = zero_grad + forward + backward + Adam step, reference sizes (MDVAEDims()), T = 30.
+For each batch size and precision (fp32, bf16 autocast) both implementations run in the same process,
+interleaved, medians of several repeats. The floor is the step's matrix-product FLOPs (counted
+analytically from the dims) divided by this machine's fp32 (or bf16) matmul rate, measured in the same
+run with torch.mm on the model's big shapes.
+
+    .venv/bin/python bench/bench_mdvae.py [--repeats 7] [--batches 8 64] [--threads 2] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avmdvae.models import MDVAE, MDVAEDims  # noqa: E402
+from tests.reference_mdvae import reference_mdvae  # noqa: E402
+
+
+def mm_flops(m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def step_flops(d: MDVAEDims, B: int, T: int) -> dict[str, float]:
+    """Matrix-product FLOPs of one training step (forward F, backward, total).
+
+    Backward of a linear layer = 2x its forward (grad wrt input + grad wrt weight), except the input
+    projections, whose input is data (weight gradient only: 1x).
+    """
+    N = B * T
+    ein = d.proj_a + d.proj_v
+    first = mm_flops(N, d.feat_a, d.proj_a) + mm_flops(N, d.feat_v, d.proj_v)
+    f = first
+    Hw = d.w_hidden
+    f += 2 * (mm_flops(N, ein, 3 * Hw) + mm_flops(N, Hw, 3 * Hw))  # two GRU directions
+    f += mm_flops(B, 2 * Hw, 2 * d.w_dim)
+    H, P, Q = d.chain_hidden, d.post_hidden, d.prior_hidden
+    for z, feat, parent in ((d.zav_dim, ein, 0), (d.za_dim, d.proj_a, d.zav_dim), (d.zv_dim, d.proj_v, d.zav_dim)):
+        f += mm_flops(N, z, 3 * H) + mm_flops(N, H, 3 * H)  # GRU cell
+        f += mm_flops(N, feat + H + parent, P) + mm_flops(B, d.w_dim, P) + mm_flops(N, P, 2 * z)  # posterior
+        f += mm_flops(N, H, Q) + mm_flops(N, Q, 2 * z)  # prior
+    for zin, hid, out in ((d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a), (d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v)):
+        f += mm_flops(N, zin, hid) + mm_flops(B, d.w_dim, hid) + mm_flops(N, hid, out)
+    bwd = 2 * f - first
+    return {"forward": f, "backward": bwd, "total": f + bwd}
+
+
+def _median_time(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def matmul_rate(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, repeats: int) -> float:
+    """Best median FLOP/s of torch.mm over the model's large shapes (forward and backward forms)."""
+    N = B * T
+    shapes = [
+        (N, d.feat_v, d.proj_v),  # visual projection forward
+        (d.proj_v, N, d.feat_v),  # its weight gradient
+        (N, d.dec_hidden_v, d.feat_v),  # visual decoder output
+        (N, d.feat_v, d.dec_hidden_v),  # its input gradient
+        (N, d.proj_a + d.proj_v, 3 * d.w_hidden),  # GRU input transform
+    ]
+    best = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        t = _median_time(lambda a=a, b=b: torch.mm(a, b), repeats, 2)
+        best = max(best, mm_flops(m, k, n) / t)
+    return best
+
+
+def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool):
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = reference_mdvae(model, xa, xv, noise)["loss"] if reference else model(xa, xv, noise=noise).loss
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--T", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    d = MDVAEDims()
+    T = args.T
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={T}, repeats {args.repeats}")
+    rows = []
+    for B in args.batches:
+        fl = step_flops(d, B, T)
+        xa, xv = torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v)
+        noise = {"w": torch.randn(B, d.w_dim), "zav": torch.randn(B, T, d.zav_dim),
+                 "za": torch.randn(B, T, d.za_dim), "zv": torch.randn(B, T, d.zv_dim)}
+        for prec in args.precisions:
+            bf16 = prec == "bf16"
+            rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, B, T, d, args.repeats)
+            model = MDVAE(d)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            fast = make_step(model, opt, xa, xv, noise, False, bf16)
+            ref = make_step(model, opt, xa, xv, noise, True, bf16)
+            for fn in (fast, ref):
+                for _ in range(args.warmup):
+                    fn()
+            tf, tr = [], []
+            for _ in range(args.repeats):  # interleaved so that load changes hit both alike
+                for fn, acc in ((fast, tf), (ref, tr)):
+                    t0 = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t0)
+            t_fast, t_ref = statistics.median(tf), statistics.median(tr)
+            floor = fl["total"] / rate
+            rows.append((B, prec, t_fast, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor))
+            print(f"B={B:4d} {prec}: model {t_fast * 1e3:8.1f} ms  reference {t_ref * 1e3:8.1f} ms  "
+                  f"speedup {t_ref / t_fast:5.2f}x  {fl['total'] / 1e9:6.2f} GFLOP  mm rate {rate / 1e9:6.1f} GFLOP/s  "
+                  f"floor {floor * 1e3:8.1f} ms  model/floor {t_fast / floor:5.2f}x", flush=True)
+    print()
+    print("| batch | precision | model step (ms) | reference step (ms) | speedup | GFLOP/step | matmul GFLOP/s | floor (ms) | model / floor |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for B, prec, tf_, tr_, sp, gf, r, fl_, ratio in rows:
+        print(f"| {B} | {prec} | {tf_ * 1e3:.1f} | {tr_ * 1e3:.1f} | {sp:.2f}x | {gf:.2f} | {r:.1f} | {fl_ * 1e3:.1f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
