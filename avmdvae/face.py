@@ -32,6 +32,7 @@ and resized (antialiased) to `size` x `size`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,10 +50,18 @@ FACE_SIZE = 64  # model input side (pixels)
 # each side brings in the forehead, chin and jaw line that articulation moves.
 DEFAULT_MARGIN = 0.2
 DEFAULT_DETECT_EVERY = 5  # detect on 1 frame in 5 (6 per second at 30 fps); interpolate between
-# Longer side of the frames MTCNN sees. A talking-head face is >= 1/4 of the frame height, i.e. >= 56 px
-# at 400x225: far above MTCNN's 12 px minimum, while detection costs ~1/10 of a 1080p frame.
-DEFAULT_DETECT_MAX_SIDE = 400
-MIN_FACE_SIZE = 20  # MTCNN's smallest face (pixels at detection resolution); its default
+# Longer side of the frames MTCNN sees. A talking-head face (MTCNN box, brows to chin) is ~1/4 of the
+# frame height, i.e. ~45 px at 320x180: well above MTCNN's 12 px cell, at ~1/36 of a 1080p frame's pixels.
+DEFAULT_DETECT_MAX_SIDE = 320
+# Smallest face searched for, as a fraction of the short side (27 px at 320x180). MTCNN's image pyramid
+# starts at scale 12 / min_face: at its default of 20 px, PNet runs on a 3x larger first level and
+# produces ~2x the candidates, costing ~2-3x the time per detection, only to find faces < 15 % of the
+# frame height, which are not talking heads.
+DEFAULT_MIN_FACE = 0.15
+# MTCNN stage thresholds (PNet, RNet, ONet). facenet-pytorch's defaults are (0.6, 0.7, 0.7); stricter
+# early stages pass fewer candidates to the per-candidate RNet/ONet crops (~25 % faster) and we keep
+# only faces with ONet probability >= MIN_PROB anyway.
+MTCNN_THRESHOLDS = (0.7, 0.8, 0.8)
 
 CHUNK_FRAMES = 30  # input frames per detection batch (= 6 MTCNN frames at detect_every=5; 1 s at 30 fps)
 MIN_PROB = 0.9  # detections below this are ignored (real faces score > 0.99, drawn faces ~0.95)
@@ -93,14 +102,21 @@ def _as_frame(frame: np.ndarray) -> np.ndarray:
 
 
 def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Antialiased downscale so that max(H, W) <= max_side -> (frame', scale = new/old)."""
+    """Antialiased downscale so that max(H, W) <= max_side -> (frame', scale = new/old).
+
+    torch's uint8 antialiased bilinear kernel: ~2 ms for 1080p -> 320 px, 4x faster than PIL (which
+    first copies the frame into its 4-byte pixel layout).
+    """
     h, w = frame.shape[:2]
     if max(h, w) <= max_side:
         return frame, 1.0
     scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(small), size[0] / w
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    with warnings.catch_warnings():  # decoded frames may be read-only; we never write through x
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None]
+    small = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+    return small[0].permute(1, 2, 0).contiguous().numpy(), size[1] / w
 
 
 def crop_square(frame: np.ndarray, cx: float, cy: float, side: float, size: int = FACE_SIZE) -> np.ndarray:
@@ -121,7 +137,9 @@ def crop_square(frame: np.ndarray, cx: float, cy: float, side: float, size: int 
         region = np.pad(region, pad, mode="edge")
     img = Image.fromarray(np.ascontiguousarray(region))
     box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
-    out = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    # reducing_gap=2: box-reduce by an integer factor first, then bicubic over >= 2x the output size
+    # (PIL: indistinguishable from the exact resize here, 2x faster).
+    out = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
     return np.asarray(out)
 
 
@@ -282,6 +300,7 @@ class FaceCropper:
     margin: crop side = face size * (1 + 2 * margin).
     detect_every: run the detector on one frame in `detect_every`.
     detect_max_side: frames are downscaled so that their longer side is <= this before detection.
+    min_face: smallest face searched for, as a fraction of the frame's short side.
     buffer_mb: memory for full-resolution frames that wait for a face to be found.
     """
 
@@ -293,7 +312,7 @@ class FaceCropper:
         margin: float = DEFAULT_MARGIN,
         detect_every: int = DEFAULT_DETECT_EVERY,
         detect_max_side: int = DEFAULT_DETECT_MAX_SIDE,
-        min_face_size: int = MIN_FACE_SIZE,
+        min_face: float = DEFAULT_MIN_FACE,
         buffer_mb: float = DEFAULT_BUFFER_MB,
     ) -> None:
         if detector not in ("mtcnn", "none"):
@@ -306,7 +325,7 @@ class FaceCropper:
         self.margin = margin
         self.detect_every = detect_every
         self.detect_max_side = detect_max_side
-        self.min_face_size = min_face_size
+        self.min_face = min_face
         self.buffer_bytes = buffer_mb * 2**20
         self._mtcnn = None
 
@@ -317,7 +336,12 @@ class FaceCropper:
             from avmdvae._torchvision_compat import load_mtcnn
 
             mtcnn_cls = load_mtcnn()
-            self._mtcnn = mtcnn_cls(keep_all=True, min_face_size=self.min_face_size, device=self.device)
+            model = mtcnn_cls(keep_all=True, thresholds=list(MTCNN_THRESHOLDS), device=self.device)
+            if self.device.type == "cpu":
+                # CPU max_pool2d is 3-5x faster on channels-last tensors; with channels-last weights
+                # every conv output is channels-last. Same detections, ~35 % less time per frame.
+                model.to(memory_format=torch.channels_last)
+            self._mtcnn = model
         return self._mtcnn
 
     def detect(self, frames: list[np.ndarray] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -335,7 +359,9 @@ class FaceCropper:
         for i, s in enumerate(small):
             by_shape.setdefault(s.shape, []).append(i)
         for idx in by_shape.values():
-            batch_boxes, batch_probs = self._detect_batch(model, np.stack([small[i] for i in idx]))
+            batch = np.stack([small[i] for i in idx])
+            model.min_face_size = max(12.0, self.min_face * min(batch.shape[1:3]))  # read by detect()
+            batch_boxes, batch_probs = self._detect_batch(model, batch)
             for i, boxes, probs in zip(idx, batch_boxes, batch_probs, strict=True):
                 if boxes is None or len(boxes) == 0:
                     continue

@@ -15,9 +15,10 @@ Time conventions (shared by `iter_frames`, `read_audio` and `avmdvae.audio`):
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -359,10 +360,28 @@ def write_av(path: str | os.PathLike[str], frames: np.ndarray, audio: np.ndarray
         raise ValueError(f"frames must be (N, H, W, 3) with N >= 1, got shape {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    frames = _even_frames(frames)
-    n, h, w, _ = frames.shape
+    write_av_stream(path, iter(frames), len(frames), audio, fps=fps, sample_rate=sample_rate)
+
+
+def write_av_stream(path: str | os.PathLike[str], frames: Iterable[np.ndarray], n_frames: int,
+                    audio: np.ndarray | None = None, fps: float = MODEL_FPS,
+                    sample_rate: int = SAMPLE_RATE) -> None:
+    """`write_av` for frames produced one at a time (bounded memory for long clips).
+
+    `frames` yields exactly `n_frames` RGB uint8 arrays (H, W, 3) of one size (e.g. a generator that
+    decodes and upscales chunk by chunk); everything else is as in `write_av`.
+    """
+    if n_frames < 1:
+        raise ValueError(f"need at least one frame, got n_frames={n_frames}")
+    n = n_frames
     rate = _rate(fps)
     fmt = _VIDEO_SUFFIX_FORMAT.get(Path(path).suffix.lower(), "mp4")
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError(f"frames is empty, expected n_frames={n}")
+    h, w = _even_frames(np.asarray(first)[None]).shape[1:3]
+    it = itertools.chain([first], it)
     with atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt) as c:
         vs = c.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
@@ -379,7 +398,16 @@ def write_av(path: str | os.PathLike[str], frames: np.ndarray, audio: np.ndarray
             a = np.clip(np.pad(a, (0, target - len(a))), -1.0, 1.0)
         a_next = 0  # next audio sample to encode; audio is muxed in step with video (interleaving)
         for k in range(n):
-            vf = av.VideoFrame.from_ndarray(frames[k], format="rgb24")
+            frame = next(it, None)
+            if frame is None:
+                raise ValueError(f"frames ended after {k} of n_frames={n}")
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+                raise ValueError(f"frames must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+            frame = _even_frames(frame[None])[0]
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, frame 0 was {w}x{h}")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = k
             c.mux(vs.encode(vf))
             if as_ is not None:

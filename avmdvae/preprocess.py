@@ -22,6 +22,7 @@ sorted clip list (1-based i), so n jobs on n machines split a dataset with no co
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -48,7 +49,11 @@ from avmdvae.layouts import Discovery, SkippedSource, SourceClip
 # talking-head face (>= 1/4 of the frame height, i.e. >= 90 px at 640x360) is still larger than the
 # 64-pixel crop, so the antialiased resize only ever shrinks.
 WORK_MAX_SIDE = 640
-INDEX_EVERY_S = 60.0  # rebuild manifest.csv / skipped.jsonl at least this often during a batch
+INDEX_EVERY_S = 60.0
+# Torch threads per preprocessing process. MTCNN is many small ops: on a busy 2-core machine one thread
+# spent 18 ms of CPU per 320x180 detection frame and two threads 140-230 ms (they wait on each other).
+# Parallelism comes from --workers instead: one clip per process, one torch thread each.
+TORCH_THREADS = 1  # rebuild manifest.csv / skipped.jsonl at least this often during a batch
 
 
 @dataclass
@@ -119,6 +124,24 @@ def shard_items(ids: list[str], shard: tuple[int, int]) -> set[str]:
     """The ids of shard (i, n): items i-1, i-1+n, i-1+2n, ... of the sorted list."""
     i, n = shard
     return set(sorted(ids)[i - 1 :: n])
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity / container limits where the OS reports them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def check_params(params: PreprocessParams) -> None:
@@ -209,8 +232,8 @@ def process_and_write(src: SourceClip, writer: CorpusWriter, cropper: FaceCroppe
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(root: str, params: PreprocessParams, device: str | None, threads: int) -> None:
-    torch.set_num_threads(threads)
+def _init_worker(root: str, params: PreprocessParams, device: str | None) -> None:
+    torch.set_num_threads(TORCH_THREADS)
     _WORKER["writer"] = CorpusWriter(root, params)
     _WORKER["cropper"] = make_cropper(params, device)
 
@@ -238,12 +261,13 @@ ProgressFn = Callable[[ClipResult], None]
 
 
 def run_batch(discovery: Discovery, out: str | os.PathLike[str], params: PreprocessParams,
-              workers: int = 1, shard: tuple[int, int] = (1, 1), device: str | None = None,
+              workers: int = 0, shard: tuple[int, int] = (1, 1), device: str | None = None,
               retry_skipped: bool = False, work_max_side: int | None = WORK_MAX_SIDE,
               on_plan: Callable[[int], None] | None = None,
               on_result: ProgressFn | None = None) -> BatchReport:
     """Preprocess the clips of `discovery` in shard `shard` into the corpus at `out`.
 
+    workers: processes (0: one per available CPU, at most one per clip; 1: in this process).
     on_plan(n_to_process) is called once before work starts; on_result(result)
     after each clip. KeyboardInterrupt stops the run (the index is rebuilt first) and propagates.
     """
@@ -278,17 +302,19 @@ def run_batch(discovery: Discovery, out: str | os.PathLike[str], params: Preproc
         if on_result is not None:
             on_result(r)
 
+    n_workers = min(workers or available_cpus(), len(todo))
     last_index = time.monotonic()
     try:
-        if workers <= 1:
+        if n_workers <= 1:
             cropper = make_cropper(params, device)
-            for c in todo:
-                record(process_and_write(c, writer, cropper, work_max_side))
-                if time.monotonic() - last_index > INDEX_EVERY_S:
-                    writer.rebuild_index()
-                    last_index = time.monotonic()
+            with torch_threads(TORCH_THREADS):
+                for c in todo:
+                    record(process_and_write(c, writer, cropper, work_max_side))
+                    if time.monotonic() - last_index > INDEX_EVERY_S:
+                        writer.rebuild_index()
+                        last_index = time.monotonic()
         else:
-            for r in _run_pool(todo, writer, params, workers, device, work_max_side):
+            for r in _run_pool(todo, writer, params, n_workers, device, work_max_side):
                 record(r)
                 if time.monotonic() - last_index > INDEX_EVERY_S:
                     writer.rebuild_index()
@@ -309,7 +335,6 @@ def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessPa
     At most 2 * workers clips are in flight (a Ctrl-C loses little). If a worker process dies (a
     crash in a decoder, out of memory), its clips are recorded as failed and a new pool is started.
     """
-    threads = max(1, (os.cpu_count() or 1) // workers)
     # forkserver: workers fork from a clean server process that imported this module (and torch) once,
     # so starting them is cheap; forking this process directly could inherit locks held by its threads
     # (rich's refresh thread, torch's pool), and spawn would re-import torch in every worker.
@@ -321,7 +346,7 @@ def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessPa
     queue = list(reversed(todo))
     while queue:
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(str(writer.root), params, device, threads))
+                                   initargs=(str(writer.root), params, device))
         inflight: dict[Future[ClipResult], SourceClip] = {}
         try:
             while queue or inflight:
@@ -353,7 +378,8 @@ def preprocess_file(src: SourceClip, out: str | os.PathLike[str], params: Prepro
     if writer is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         CorpusWriter(out, params)  # raises the "not a corpus" error before any work is done
     t0 = time.perf_counter()
-    faces, spec, facts = process_clip(src, params, make_cropper(params, device), work_max_side)
+    with torch_threads(TORCH_THREADS):
+        faces, spec, facts = process_clip(src, params, make_cropper(params, device), work_max_side)
     writer = writer or CorpusWriter(out, params)
     record = ClipRecord(src.clip_id, str(src.video), src.speaker, src.emotion, src.intensity, src.sentence,
                         len(faces), src.split)

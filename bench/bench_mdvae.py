@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -44,11 +45,18 @@ def step_flops(d: MDVAEDims, B: int, T: int) -> dict[str, float]:
     f += 2 * (mm_flops(N, ein, 3 * Hw) + mm_flops(N, Hw, 3 * Hw))  # two GRU directions
     f += mm_flops(B, 2 * Hw, 2 * d.w_dim)
     H, P, Q = d.chain_hidden, d.post_hidden, d.prior_hidden
-    for z, feat, parent in ((d.zav_dim, ein, 0), (d.za_dim, d.proj_a, d.zav_dim), (d.zv_dim, d.proj_v, d.zav_dim)):
+    for z, feat, parent in (
+        (d.zav_dim, ein, 0),
+        (d.za_dim, d.proj_a, d.zav_dim),
+        (d.zv_dim, d.proj_v, d.zav_dim),
+    ):
         f += mm_flops(N, z, 3 * H) + mm_flops(N, H, 3 * H)  # GRU cell
         f += mm_flops(N, feat + H + parent, P) + mm_flops(B, d.w_dim, P) + mm_flops(N, P, 2 * z)  # posterior
         f += mm_flops(N, H, Q) + mm_flops(N, Q, 2 * z)  # prior
-    for zin, hid, out in ((d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a), (d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v)):
+    for zin, hid, out in (
+        (d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
+        (d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v),
+    ):
         f += mm_flops(N, zin, hid) + mm_flops(B, d.w_dim, hid) + mm_flops(N, hid, out)
     bwd = 2 * f - first
     return {"forward": f, "backward": bwd, "total": f + bwd}
@@ -88,7 +96,11 @@ def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool):
         opt.zero_grad(set_to_none=True)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
-            loss = reference_mdvae(model, xa, xv, noise)["loss"] if reference else model(xa, xv, noise=noise).loss
+            loss = (
+                reference_mdvae(model, xa, xv, noise)["loss"]
+                if reference
+                else model(xa, xv, noise=noise).loss
+            )
         loss.backward()
         opt.step()
 
@@ -108,18 +120,25 @@ def main() -> None:
     torch.manual_seed(0)
     d = MDVAEDims()
     T = args.T
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={T}, repeats {args.repeats}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={T}, repeats {args.repeats}, "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
     rows = []
     for B in args.batches:
         fl = step_flops(d, B, T)
         xa, xv = torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v)
-        noise = {"w": torch.randn(B, d.w_dim), "zav": torch.randn(B, T, d.zav_dim),
-                 "za": torch.randn(B, T, d.za_dim), "zv": torch.randn(B, T, d.zv_dim)}
+        noise = {
+            "w": torch.randn(B, d.w_dim),
+            "zav": torch.randn(B, T, d.zav_dim),
+            "za": torch.randn(B, T, d.za_dim),
+            "zv": torch.randn(B, T, d.zv_dim),
+        }
         for prec in args.precisions:
             bf16 = prec == "bf16"
             rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, B, T, d, args.repeats)
             model = MDVAE(d)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
             fast = make_step(model, opt, xa, xv, noise, False, bf16)
             ref = make_step(model, opt, xa, xv, noise, True, bf16)
             for fn in (fast, ref):
@@ -133,15 +152,28 @@ def main() -> None:
                     acc.append(time.perf_counter() - t0)
             t_fast, t_ref = statistics.median(tf), statistics.median(tr)
             floor = fl["total"] / rate
-            rows.append((B, prec, t_fast, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor))
-            print(f"B={B:4d} {prec}: model {t_fast * 1e3:8.1f} ms  reference {t_ref * 1e3:8.1f} ms  "
-                  f"speedup {t_ref / t_fast:5.2f}x  {fl['total'] / 1e9:6.2f} GFLOP  mm rate {rate / 1e9:6.1f} GFLOP/s  "
-                  f"floor {floor * 1e3:8.1f} ms  model/floor {t_fast / floor:5.2f}x", flush=True)
+            rows.append(
+                (B, prec, t_fast, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor)
+            )
+            print(
+                f"B={B:4d} {prec}: model {t_fast * 1e3:8.1f} ms  reference {t_ref * 1e3:8.1f} ms  "
+                f"speedup {t_ref / t_fast:5.2f}x  {fl['total'] / 1e9:6.2f} GFLOP  "
+                f"mm rate {rate / 1e9:6.1f} GFLOP/s  "
+                f"floor {floor * 1e3:8.1f} ms  model/floor {t_fast / floor:5.2f}x",
+                flush=True,
+            )
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
     print()
-    print("| batch | precision | model step (ms) | reference step (ms) | speedup | GFLOP/step | matmul GFLOP/s | floor (ms) | model / floor |")
+    print(
+        "| batch | precision | model step (ms) | reference step (ms) | speedup | GFLOP/step "
+        "| matmul GFLOP/s | floor (ms) | model / floor |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for B, prec, tf_, tr_, sp, gf, r, fl_, ratio in rows:
-        print(f"| {B} | {prec} | {tf_ * 1e3:.1f} | {tr_ * 1e3:.1f} | {sp:.2f}x | {gf:.2f} | {r:.1f} | {fl_ * 1e3:.1f} | {ratio:.2f}x |")
+        print(
+            f"| {B} | {prec} | {tf_ * 1e3:.1f} | {tr_ * 1e3:.1f} | {sp:.2f}x | {gf:.2f} | {r:.1f} "
+            f"| {fl_ * 1e3:.1f} | {ratio:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ def _static_w(static, frames: list[Tensor], eps_w: Tensor) -> tuple[Tensor, Tens
     hb = frames[0].new_zeros(B, H)
     for e in reversed(frames):
         hb = _gru_step(
-            e, hb, gru.weight_ih_l0_reverse, gru.weight_hh_l0_reverse, gru.bias_ih_l0_reverse, gru.bias_hh_l0_reverse
+            e,
+            hb,
+            gru.weight_ih_l0_reverse,
+            gru.weight_hh_l0_reverse,
+            gru.bias_ih_l0_reverse,
+            gru.bias_hh_l0_reverse,
         )
     o = torch.cat([hf, hb], 1) @ static.head.weight.t() + static.head.bias
     Dw = o.shape[1] // 2
@@ -69,14 +74,22 @@ def _chain_params(chains, c: int):
 
 
 def _decode_step(dec, w: Tensor, z: Tensor) -> Tensor:
-    return torch.tanh(torch.cat([w, z], 1) @ dec.fc1.weight.t() + dec.fc1.bias) @ dec.fc2.weight.t() + dec.fc2.bias
+    return (
+        torch.tanh(torch.cat([w, z], 1) @ dec.fc1.weight.t() + dec.fc1.bias) @ dec.fc2.weight.t()
+        + dec.fc2.bias
+    )
 
 
-def reference_mdvae(model: MDVAE, xa: Tensor, xv: Tensor, noise: dict[str, Tensor], beta=1.0, kl_weight=1.0) -> dict:
+def reference_mdvae(
+    model: MDVAE, xa: Tensor, xv: Tensor, noise: dict[str, Tensor], beta=1.0, kl_weight=1.0
+) -> dict:
     """Step-by-step forward. Returns dict: loss, elbo, terms (same keys as the model), latents
     (w, zav, za, zv), post/prior (name -> (mean, logvar)), recon (audio, visual)."""
     B, T = xa.shape[:2]
-    betas = {k: float(beta.get(k, 1.0)) if isinstance(beta, dict) else float(beta) for k in ("w", "zav", "za", "zv")}
+    betas = {
+        k: float(beta.get(k, 1.0)) if isinstance(beta, dict) else float(beta)
+        for k in ("w", "zav", "za", "zv")
+    }
     ea = [torch.tanh(xa[:, t] @ model.proj_a.fc.weight.t() + model.proj_a.fc.bias) for t in range(T)]
     ev = [torch.tanh(xv[:, t] @ model.proj_v.fc.weight.t() + model.proj_v.fc.bias) for t in range(T)]
     eav = [torch.cat([a, v], 1) for a, v in zip(ea, ev, strict=True)]

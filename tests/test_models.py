@@ -48,8 +48,12 @@ def test_dims_defaults_and_round_trip() -> None:
     assert (a.positions, a.code_dim, a.n_codes, a.feature_dim) == (64, 8, 64, 512)
     assert (m.w_dim, m.zav_dim, m.za_dim, m.zv_dim, m.seq_len) == (84, 16, 8, 4, 30)
     assert (m.feat_a, m.feat_v) == (a.feature_dim, v.feature_dim)
-    for cls, obj in ((VisualVQVAEDims, VisualVQVAEDims.tiny()), (MDVAEDims, MDVAEDims.tiny()),
-                     (DSAEDims, DSAEDims.tiny()), (AudioVQVAEDims, a)):
+    for cls, obj in (
+        (VisualVQVAEDims, VisualVQVAEDims.tiny()),
+        (MDVAEDims, MDVAEDims.tiny()),
+        (DSAEDims, DSAEDims.tiny()),
+        (AudioVQVAEDims, a),
+    ):
         assert cls.from_dict(obj.to_dict()) == obj
     v2 = VisualVQVAEDims.from_dict({"n_codes": 64, "quantizer": {"decay": 0.9}})
     assert v2.n_codes == 64 and v2.quantizer.decay == 0.9
@@ -190,7 +194,10 @@ def test_mdvae_matches_step_by_step_oracle(learn_var: bool) -> None:
             m.obs_logvar_a.uniform_(-1, 1)
             m.obs_logvar_v.uniform_(-1, 1)
     B, T = 3, 7
-    xa, xv = torch.randn(B, T, d.feat_a, dtype=torch.float64), torch.randn(B, T, d.feat_v, dtype=torch.float64)
+    xa, xv = (
+        torch.randn(B, T, d.feat_a, dtype=torch.float64),
+        torch.randn(B, T, d.feat_v, dtype=torch.float64),
+    )
     noise = _mdvae_noise(d, B, T)
     beta = {"w": 0.5, "zav": 2.0, "za": 1.5, "zv": 0.25}
     out = m(xa, xv, beta=beta, kl_weight=0.3, noise=noise)
@@ -223,8 +230,10 @@ def test_dsae_matches_step_by_step_oracle(modality: str) -> None:
     B, T = 2, 6
     x = torch.randn(B, T, d.feat, dtype=torch.float64)
     g = torch.Generator().manual_seed(4)
-    noise = {"w": torch.randn(B, d.w_dim, generator=g, dtype=torch.float64),
-             "z": torch.randn(B, T, m.z_dim, generator=g, dtype=torch.float64)}
+    noise = {
+        "w": torch.randn(B, d.w_dim, generator=g, dtype=torch.float64),
+        "z": torch.randn(B, T, m.z_dim, generator=g, dtype=torch.float64),
+    }
     out = m(x, beta={"z": 3.0}, kl_weight=0.5, noise=noise)
     ref = reference_dsae(m, x, noise, beta={"z": 3.0}, kl_weight=0.5)
     _check_against_oracle(out, ref, ("w", "z"))
@@ -246,7 +255,16 @@ def test_mdvae_shapes_encode_decode() -> None:
     assert out.latents.za.shape == (B, T, d.za_dim)
     assert out.latents.zv.shape == (B, T, d.zv_dim)
     assert out.recon["audio"].shape == xa.shape and out.recon["visual"].shape == xv.shape
-    assert set(out.metrics()) == {"loss", "elbo", "rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv"}
+    assert set(out.metrics()) == {
+        "loss",
+        "elbo",
+        "rec_audio",
+        "rec_visual",
+        "kl_w",
+        "kl_zav",
+        "kl_za",
+        "kl_zv",
+    }
     lat = m.encode(xa, xv)
     lat2 = m.encode(xa, xv)
     for a, b in zip(lat, lat2, strict=True):
@@ -309,7 +327,9 @@ def test_loss_decreases_on_tiny_batch() -> None:
     v = VisualVQVAE(vd)
     ramp = torch.linspace(0, 1, 64)
     colour = torch.rand(8, 1, 1, 3)
-    faces = (255 * (0.6 * colour + 0.4 * ramp[None, :, None, None] * ramp[None, None, :, None])).to(torch.uint8)
+    faces = (255 * (0.6 * colour + 0.4 * ramp[None, :, None, None] * ramp[None, None, :, None])).to(
+        torch.uint8
+    )
     first, last = _train(lambda: v.loss({"visual": faces})[0], v.parameters(), 25, 1e-2)
     assert last < 0.9 * first
 
@@ -335,8 +355,10 @@ def test_bf16_autocast_cpu() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = ds(torch.randn(2, 5, 16)).loss
     loss.backward()
-    for vq, batch in ((VisualVQVAE(VisualVQVAEDims.tiny()), torch.rand(2, 3, 64, 64)),
-                      (AudioVQVAE(AudioVQVAEDims.tiny()), torch.rand(2, 513))):
+    for vq, batch in (
+        (VisualVQVAE(VisualVQVAEDims.tiny()), torch.rand(2, 3, 64, 64)),
+        (AudioVQVAE(AudioVQVAEDims.tiny()), torch.rand(2, 513)),
+    ):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, metrics = vq.loss(batch)
             f = vq.feature(batch)

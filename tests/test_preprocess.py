@@ -154,7 +154,7 @@ def test_batch_skips_bad_inputs_with_reasons(tmp_path):
     for make, _ in BAD.values():
         make(src)
     out = tmp_path / "out"
-    r = runner.invoke(app, ["preprocess", str(src), str(out), "--layout", "folder"])
+    r = runner.invoke(app, ["preprocess", str(src), str(out), "--layout", "folder", "--workers", "1"])
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output
     c = Corpus.open(out)
@@ -172,7 +172,7 @@ def test_batch_skips_bad_inputs_with_reasons(tmp_path):
     # nothing left half-written
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     # a re-run does not retry permanent skips while the files are unchanged
-    report = pp.run_batch(discover(src, "folder"), out, PreprocessParams())
+    report = pp.run_batch(discover(src, "folder"), out, PreprocessParams(), workers=1)
     assert report.results == [] and report.already_done == 1 and len(report.kept_skipped) == 8
 
 
@@ -181,7 +181,7 @@ def test_batch_where_nothing_succeeds_exits_nonzero(tmp_path):
     src.mkdir()
     _no_audio(src)
     _not_media(src)
-    r = runner.invoke(app, ["preprocess", str(src), str(tmp_path / "out")])
+    r = runner.invoke(app, ["preprocess", str(src), str(tmp_path / "out"), "--workers", "1"])
     assert r.exit_code == 2 and "no clip could be preprocessed" in r.output and "Traceback" not in r.output
 
 
@@ -225,6 +225,7 @@ def _mead_tree(root: Path) -> None:
 def test_mead_end_to_end_with_audio_files_and_truth(tmp_path):
     _mead_tree(tmp_path / "MEAD")
     out = tmp_path / "out"
+    # default --workers (0: one per CPU) runs the process pool here
     r = runner.invoke(app, ["preprocess", str(tmp_path / "MEAD"), str(out), "--detector", "none"])
     assert r.exit_code == 0, r.output
     assert "mead layout: 4 clips" in r.output and "speaker-disjoint" in r.output
@@ -267,7 +268,7 @@ def test_folder_with_csv_labels(tmp_path):
     talking(src / "b.mp4", n=12, seed=1)
     (src / "labels.csv").write_text("path,speaker,emotion,intensity,sentence\na.mp4,ann,sad,1,Hi there\n")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["preprocess", str(src), str(out), "--detector", "none"])
+    r = runner.invoke(app, ["preprocess", str(src), str(out), "--detector", "none", "--workers", "1"])
     assert r.exit_code == 0, r.output
     a = Corpus.open(out).clip("a")
     assert (a.speaker, a.emotion, a.intensity, a.sentence) == ("ann", "sad", 1, "Hi there")
@@ -299,7 +300,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pp, "process_clip", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pp.run_batch(d, out, FAST)
+        pp.run_batch(d, out, FAST, workers=1)
     assert [x.clip_id for x in Corpus.open(out).clips] == order[:2]
     # a SIGKILL while writing the 4th clip would leave a temp file and no clip.json
     partial = out / "clips" / order[3]
@@ -310,7 +311,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(pp, "process_clip",
                         lambda clip, *a, **k: calls.append(clip.clip_id) or real(clip, *a, **k))
-    report = pp.run_batch(discover(src), out, FAST)
+    report = pp.run_batch(discover(src), out, FAST, workers=1)
     assert calls == order[2:] and report.already_done == 2 and report.done == 3
     c = Corpus.open(out)
     assert [x.clip_id for x in c.clips] == order
@@ -330,11 +331,11 @@ def test_transient_failures_are_retried(tmp_path, monkeypatch):
         return real(clip, *a, **k)
 
     monkeypatch.setattr(pp, "process_clip", flaky)
-    rep = pp.run_batch(discover(src), out, FAST)
+    rep = pp.run_batch(discover(src), out, FAST, workers=1)
     assert rep.done == 1 and [r.status for r in rep.results if r.status != "done"] == ["failed"]
     assert "simulated bug" in Corpus.open(out).skipped()[0]["reason"]
     monkeypatch.setattr(pp, "process_clip", real)
-    rep2 = pp.run_batch(discover(src), out, FAST)
+    rep2 = pp.run_batch(discover(src), out, FAST, workers=1)
     assert rep2.done == 1 and rep2.already_done == 1 and Corpus.open(out).skipped() == []
 
 
@@ -344,7 +345,8 @@ def test_shards_partition_the_clips(tmp_path):
     ids = sorted(c.clip_id for c in discover(src).clips)
     parts = []
     for i in (1, 2):
-        r = runner.invoke(app, ["preprocess", str(src), str(out), "--shard", f"{i}/2", "--detector", "none"])
+        r = runner.invoke(app, ["preprocess", str(src), str(out), "--shard", f"{i}/2", "--detector", "none",
+                                "--workers", "1"])
         assert r.exit_code == 0, r.output
         parts.append({x.clip_id for x in Corpus.open(out).clips} - set().union(*parts))
     assert parts[0] == set(ids[0::2]) and parts[1] == set(ids[1::2])

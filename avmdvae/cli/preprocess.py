@@ -49,7 +49,7 @@ def preprocess(
     out: Path = typer.Argument(..., help="Corpus folder to create or resume."),
     layout: str = typer.Option("auto", "--layout", help=f"Input layout: {', '.join(LAYOUTS)}."),
     fps: float = typer.Option(30.0, "--fps", help="Model frame rate (faces and spectrogram rows per s)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (each has its own detector)."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes, one clip each (0: one per CPU)."),
     shard: str = typer.Option("1/1", "--shard", help="Do part i of n of the sorted clip list (1-based)."),
     detector: str = typer.Option("mtcnn", "--detector",
                                  help="mtcnn, or none for videos that are already face crops."),
@@ -64,8 +64,8 @@ def preprocess(
     params = PreprocessParams(fps=fps, detector=detector)
     pp.check_params(params)
     shard_t = pp.parse_shard(shard)
-    if workers < 1:
-        raise AvmdvaeError(f"--workers must be >= 1, got {workers}")
+    if workers < 0:
+        raise AvmdvaeError(f"--workers must be >= 0 (0: one per CPU), got {workers}")
     d = discover(input, layout, labels=labels)
     for note in d.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -28,8 +28,9 @@ BF16_HELP = "bf16 autocast (CUDA or CPU); same as --set train.precision=bf16."
 RESUME_HELP = "Continue the run in -o from its last checkpoint (ends where an uninterrupted run ends)."
 
 
-def _overrides(sets: list[str] | None, epochs: int | None, batch_size: int | None, seed: int | None,
-               bf16: bool) -> list[str]:
+def _overrides(
+    sets: list[str] | None, epochs: int | None, batch_size: int | None, seed: int | None, bf16: bool
+) -> list[str]:
     out = list(sets or [])
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
         if value is not None:
@@ -39,8 +40,9 @@ def _overrides(sets: list[str] | None, epochs: int | None, batch_size: int | Non
     return out
 
 
-def _config(kind: str, modality: str | None, output: Path, config: Path | None, overrides: list[str],
-            resume: bool) -> dict[str, Any]:
+def _config(
+    kind: str, modality: str | None, output: Path, config: Path | None, overrides: list[str], resume: bool
+) -> dict[str, Any]:
     """On --resume the stored config is the base, so that `--resume` alone continues the same run."""
     base = None
     if resume and (output / ck.LAST).is_file():
@@ -54,8 +56,10 @@ def _finish(result: RunResult) -> None:
     val = result.last_val
     console.print(
         f"[green]done[/]: {result.epochs} epochs, {result.step} steps; best validation loss "
-        f"{result.best_val:.5g}; last {', '.join(f'{k}={v:.4g}' for k, v in val.items())}; run in {result.run_dir}",
-        highlight=False, soft_wrap=True,
+        f"{result.best_val:.5g}; last {', '.join(f'{k}={v:.4g}' for k, v in val.items())}; "
+        f"run in {result.run_dir}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -141,8 +145,11 @@ def run_summary(path: str | Path) -> str:
             state = state or st
             lines.append(
                 f"  {name}: epoch {st['epoch']}, step {st['step']}, sha256 {ck.sha256_file(p)[:16]}"
-                + (f", validation loss {st['metrics']['val'].get('loss', float('nan')):.5g}" if st["metrics"]["val"]
-                   else "")
+                + (
+                    f", validation loss {st['metrics']['val'].get('loss', float('nan')):.5g}"
+                    if st["metrics"]["val"]
+                    else ""
+                )
             )
     assert state is not None
     lines.insert(1, f"  model: {state['kind']}" + (f" ({state['modality']})" if state["modality"] else ""))

@@ -7,7 +7,20 @@ from avmdvae.models.quantizer import QuantizeResult, VectorQuantizer
 from avmdvae.models.vqvae import AudioVQVAE, VisualVQVAE, faces_to_input
 
 __all__ = [
-    "AudioVQVAE", "AudioVQVAEDims", "DSAE", "DSAEDims", "DSAELatents", "Latents", "MDVAE", "MDVAEDims",
-    "MDVAEOutput", "QuantizeResult", "QuantizerDims", "SeqVAEOutput", "VectorQuantizer", "VisualVQVAE",
-    "VisualVQVAEDims", "faces_to_input",
+    "AudioVQVAE",
+    "AudioVQVAEDims",
+    "DSAE",
+    "DSAEDims",
+    "DSAELatents",
+    "Latents",
+    "MDVAE",
+    "MDVAEDims",
+    "MDVAEOutput",
+    "QuantizeResult",
+    "QuantizerDims",
+    "SeqVAEOutput",
+    "VectorQuantizer",
+    "VisualVQVAE",
+    "VisualVQVAEDims",
+    "faces_to_input",
 ]

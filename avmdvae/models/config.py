@@ -113,8 +113,14 @@ class VisualVQVAEDims(_Dims):
 
     @classmethod
     def tiny(cls) -> VisualVQVAEDims:
-        return cls(hidden=16, n_res_blocks=1, res_hidden=8, code_dim=4, n_codes=16,
-                   quantizer=QuantizerDims(dead_after=20))
+        return cls(
+            hidden=16,
+            n_res_blocks=1,
+            res_hidden=8,
+            code_dim=4,
+            n_codes=16,
+            quantizer=QuantizerDims(dead_after=20),
+        )
 
 
 @dataclass
@@ -152,8 +158,14 @@ class AudioVQVAEDims(_Dims):
 
     @classmethod
     def tiny(cls) -> AudioVQVAEDims:
-        return cls(hidden=16, n_res_blocks=1, res_hidden=8, code_dim=4, n_codes=16,
-                   quantizer=QuantizerDims(dead_after=20))
+        return cls(
+            hidden=16,
+            n_res_blocks=1,
+            res_hidden=8,
+            code_dim=4,
+            n_codes=16,
+            quantizer=QuantizerDims(dead_after=20),
+        )
 
 
 @dataclass
@@ -180,9 +192,21 @@ class MDVAEDims(_Dims):
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:
         return cls(
-            feat_a=feat_a, feat_v=feat_v, w_dim=6, zav_dim=4, za_dim=3, zv_dim=2, proj_a=12, proj_v=16,
-            w_hidden=10, chain_hidden=8, post_hidden=9, prior_hidden=7, dec_hidden_a=11,
-            dec_hidden_v=13, seq_len=8,
+            feat_a=feat_a,
+            feat_v=feat_v,
+            w_dim=6,
+            zav_dim=4,
+            za_dim=3,
+            zv_dim=2,
+            proj_a=12,
+            proj_v=16,
+            w_hidden=10,
+            chain_hidden=8,
+            post_hidden=9,
+            prior_hidden=7,
+            dec_hidden_a=11,
+            dec_hidden_v=13,
+            seq_len=8,
         )
 
 
@@ -222,6 +246,14 @@ class DSAEDims(_Dims):
     @classmethod
     def tiny(cls, feat: int = 16) -> DSAEDims:
         return cls(
-            feat=feat, w_dim=6, z_dim=5, proj=12, w_hidden=10, chain_hidden=8, post_hidden=9,
-            prior_hidden=7, dec_hidden=11, seq_len=8,
+            feat=feat,
+            w_dim=6,
+            z_dim=5,
+            proj=12,
+            w_hidden=10,
+            chain_hidden=8,
+            post_hidden=9,
+            prior_hidden=7,
+            dec_hidden=11,
+            seq_len=8,
         )

@@ -27,7 +27,7 @@ from avmdvae.models.mdvae import (
     draw_noise,
     gaussian_kl,
     gaussian_kl_std,
-    gaussian_nll,
+    gaussian_nll_total,
     resolve_beta,
 )
 
@@ -82,20 +82,32 @@ class DSAE(nn.Module):
         w, w_mean, w_logvar, ch = self._infer(x, noise, sample=True)
         z = ch.z[0]
         x_mean = self.dec(w, z)
-        nll = {self.modality: gaussian_nll(x, x_mean, self.obs_logvar).sum((1, 2))}
+        nll = {
+            self.modality: gaussian_nll_total(x, x_mean, self.obs_logvar if self.dims.learn_obs_var else None)
+        }
         kl = {
             "w": gaussian_kl_std(w_mean, w_logvar).sum(1),
-            "z": gaussian_kl(ch.post_mean[0], ch.post_logvar[0], ch.prior_mean[0], ch.prior_logvar[0]).sum((1, 2)),
+            "z": gaussian_kl(ch.post_mean[0], ch.post_logvar[0], ch.prior_mean[0], ch.prior_logvar[0]).sum(
+                (1, 2)
+            ),
         }
         loss, elbo, terms = assemble_elbo(nll, kl, betas, kl_weight, x.shape[1])
         return SeqVAEOutput(
-            loss, elbo, terms, DSAELatents(w, z),
+            loss,
+            elbo,
+            terms,
+            DSAELatents(w, z),
             {"w": (w_mean, w_logvar), "z": (ch.post_mean[0], ch.post_logvar[0])},
-            {"w": (torch.zeros_like(w_mean), torch.zeros_like(w_logvar)), "z": (ch.prior_mean[0], ch.prior_logvar[0])},
+            {
+                "w": (torch.zeros_like(w_mean), torch.zeros_like(w_logvar)),
+                "z": (ch.prior_mean[0], ch.prior_logvar[0]),
+            },
             {self.modality: x_mean},
         )
 
-    def encode(self, x: Tensor, sample: bool = False, noise: Mapping[str, Tensor] | None = None) -> DSAELatents:
+    def encode(
+        self, x: Tensor, sample: bool = False, noise: Mapping[str, Tensor] | None = None
+    ) -> DSAELatents:
         w, _, _, ch = self._infer(x, noise, sample)
         return DSAELatents(w, ch.z[0])
 

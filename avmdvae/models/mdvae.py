@@ -101,6 +101,19 @@ def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * ((x.float() - mean.float()).pow(2) * torch.exp(-lv) + lv + LOG_2PI)
 
 
+def gaussian_nll_total(x: Tensor, mean: Tensor, logvar: Tensor | None) -> Tensor:
+    """sum of -log N(x; mean, e^logvar) over everything but dim 0, averaged over dim 0 (float32).
+
+    logvar (D,) broadcasts over (B, T, D); None = unit variance (fused MSE path).
+    """
+    B, n = x.shape[0], x.numel()
+    if logvar is None:
+        return (0.5 * F.mse_loss(mean.float(), x.float(), reduction="sum") + 0.5 * n * LOG_2PI) / B
+    lv = logvar.float()
+    sq = ((x.float() - mean.float()).pow(2) * torch.exp(-lv)).sum()
+    return 0.5 * (sq + (n // lv.numel()) * lv.sum() + n * LOG_2PI) / B
+
+
 def resolve_beta(beta: float | Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
     """A float for every KL term or a mapping latent name -> weight (missing names get 1)."""
     if isinstance(beta, Mapping):
@@ -114,7 +127,7 @@ def resolve_beta(beta: float | Mapping[str, float], names: Sequence[str]) -> dic
 def assemble_elbo(
     nll: dict[str, Tensor], kl: dict[str, Tensor], beta: dict[str, float], kl_weight: float, T: int
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Per-sequence sums (B,) -> (loss, elbo, terms); see SeqVAEOutput."""
+    """Per-sequence sums (B,) or their batch means (scalars) -> (loss, elbo, terms); see SeqVAEOutput."""
     terms = {f"rec_{k}": v.mean() for k, v in nll.items()}
     terms.update({f"kl_{k}": v.mean() for k, v in kl.items()})
     rec = sum(terms[f"rec_{k}"] for k in nll)
@@ -205,6 +218,9 @@ class ChainsResult:
     post_logvar: list[Tensor]
     prior_mean: list[Tensor]
     prior_logvar: list[Tensor]
+    # (h (C, B, H), z_prev (C, B, z_max)) after the last frame: pass it as `state` to continue the
+    # chains on the next frames (chunked inference of long clips gives the one-pass result).
+    state: tuple[Tensor, Tensor] | None = None
 
 
 class DynamicalChains(nn.Module):
@@ -246,22 +262,37 @@ class DynamicalChains(nn.Module):
         b = torch.cat([F.pad(lin.bias[:z], (0, zm - z)), F.pad(lin.bias[z:], (0, zm - z))])
         return w.t(), b
 
-    def forward(self, feats: Sequence[Tensor], w: Tensor, eps: Sequence[Tensor]) -> ChainsResult:
-        """feats[c] (T, B, feat_dim_c) time-major; w (B, w_dim); eps[c] (T, B, z_dim_c) N(0,1) noise."""
-        specs, C, H, P, Zm, Dw = self.specs, len(self.specs), self.hidden, self.post_hidden, self.z_max, self.w_dim
+    def forward(
+        self,
+        feats: Sequence[Tensor],
+        w: Tensor,
+        eps: Sequence[Tensor],
+        state: tuple[Tensor, Tensor] | None = None,
+    ) -> ChainsResult:
+        """feats[c] (T, B, feat_dim_c) time-major; w (B, w_dim); eps[c] (T, B, z_dim_c) N(0,1) noise.
+
+        state: ChainsResult.state of the previous frames (None: start of the sequence).
+        """
+        specs, C, H, P, Zm, Dw = (
+            self.specs,
+            len(self.specs),
+            self.hidden,
+            self.post_hidden,
+            self.z_max,
+            self.w_dim,
+        )
         T, B = feats[0].shape[:2]
         K = C - 1
         Z0 = specs[0].z_dim
-        # posterior fc1 contributions of the frame features and w, for all frames at once: (T, C, B, P)
+        # posterior fc1 contributions of the frame features and w, for all frames at once
         fc1w = [p.fc1.weight for p in self.post]
-        A = torch.stack(
-            [
-                F.linear(feats[c], fc1w[c][:, : s.feat_dim])
-                + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)
-                for c, s in enumerate(specs)
-            ],
-            1,
-        )
+        A = [
+            F.linear(feats[c], fc1w[c][:, : s.feat_dim])
+            + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)
+            for c, s in enumerate(specs)
+        ]  # each (T, B, P)
+        # unbind once: per-step indexing A[t] would make autograd zero-fill a full-size gradient per step
+        a_root = A[0].unbind(0)
         # GRU input weights (C, Zm, 3H); state weights fused with the heads' state columns (C, H, 3H+P)
         w_ih = torch.stack([self._pad_rows(cell.weight_ih.t(), Zm) for cell in self.cells])
         b_ih = torch.stack([cell.bias_ih for cell in self.cells])[:, None]
@@ -274,6 +305,7 @@ class DynamicalChains(nn.Module):
         b_h = torch.stack([F.pad(cell.bias_hh, (0, P)) for cell in self.cells])[:, None]
         root_out = self.post[0].fc2
         if K:
+            a_kids = torch.stack(A[1:], 1).unbind(0)  # T x (K, B, P)
             # children see z_t^root: (Z0, K*P) for one matmul; output layers padded to z_max (K, P, 2Zm)
             w_pz = torch.cat([fc1w[c][:, specs[c].feat_dim + Dw + H :] for c in range(1, C)], 0).t()
             outs = [self._pad_gauss_out(self.post[c].fc2) for c in range(1, C)]
@@ -282,29 +314,32 @@ class DynamicalChains(nn.Module):
             eps_k = torch.stack([F.pad(eps[c], (0, Zm - specs[c].z_dim)) for c in range(1, C)], 1)
         eps0 = eps[0]
 
-        h = A.new_zeros(C, B, H)
-        gh = b_h[..., : 3 * H].expand(C, B, 3 * H)
-        zprev = A.new_zeros(C, B, Zm)
+        h = A[0].new_zeros(C, B, H)
+        gh_ru, gh_n, _ = b_h.expand(C, B, 3 * H + P).split([2 * H, H, P], -1)
+        zprev = A[0].new_zeros(C, B, Zm)
         hs, root_o, z_root, kid_o, z_kids = [], [], [], [], []
         # Lists + one torch.stack after the loop: writing into a preallocated buffer under autograd
         # creates a CopySlices node per step whose backward copies the whole buffer (O(T^2)).
+        # split/chunk (not slicing) so that backward concatenates gradients instead of zero-filling.
         for t in range(T):
-            gi = torch.baddbmm(b_ih, zprev, w_ih)  # (C, B, 3H)
-            ru = torch.sigmoid(gi[..., : 2 * H] + gh[..., : 2 * H])
-            n = torch.tanh(torch.addcmul(gi[..., 2 * H :], ru[..., :H], gh[..., 2 * H :]))
-            h = torch.addcmul(n, ru[..., H:], h - n)  # (1 - u) * n + u * h
+            gi_ru, gi_n = torch.baddbmm(b_ih, zprev, w_ih).split([2 * H, H], -1)  # (C, B, 3H)
+            r, u = torch.sigmoid(gi_ru + gh_ru).chunk(2, -1)
+            n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
+            h = torch.addcmul(n, u, h - n)  # (1 - u) * n + u * h
             hs.append(h)
-            g = torch.baddbmm(b_h, h, w_h)  # (C, B, 3H + P): next step's gh, this step's head input
-            gh = g[..., : 3 * H]
-            ph = g[..., 3 * H :]
-            o0 = F.linear(torch.tanh(A[t, 0] + ph[0]), root_out.weight, root_out.bias)  # (B, 2Z0)
-            z0 = torch.addcmul(o0[:, :Z0], torch.exp(0.5 * o0[:, Z0:]), eps0[t])
+            # (C, B, 3H + P): next step's state transform and this step's head input in one bmm
+            gh_ru, gh_n, ph = torch.baddbmm(b_h, h, w_h).split([2 * H, H, P], -1)
+            ph_root, ph_kids = ph.split([1, K], 0)
+            o0 = F.linear(torch.tanh(a_root[t] + ph_root[0]), root_out.weight, root_out.bias)  # (B, 2Z0)
+            m0, lv0 = o0.chunk(2, -1)
+            z0 = torch.addcmul(m0, torch.exp(0.5 * lv0), eps0[t])
             root_o.append(o0)
             z_root.append(z0)
             if K:
                 pk = (z0 @ w_pz).view(B, K, P).transpose(0, 1)  # (K, B, P)
-                ok = torch.baddbmm(b_ko, torch.tanh(A[t, 1:] + ph[1:] + pk), w_ko)  # (K, B, 2Zm)
-                zk = torch.addcmul(ok[..., :Zm], torch.exp(0.5 * ok[..., Zm:]), eps_k[t])
+                ok = torch.baddbmm(b_ko, torch.tanh(a_kids[t] + ph_kids + pk), w_ko)  # (K, B, 2Zm)
+                mk, lvk = ok.chunk(2, -1)
+                zk = torch.addcmul(mk, torch.exp(0.5 * lvk), eps_k[t])
                 kid_o.append(ok)
                 z_kids.append(zk)
                 z0p = F.pad(z0, (0, Zm - Z0)) if Z0 < Zm else z0
@@ -321,7 +356,7 @@ class DynamicalChains(nn.Module):
         b_p2 = torch.stack([o[1] for o in pouts])[:, None]
         prior = torch.baddbmm(b_p2, torch.tanh(torch.baddbmm(b_p1, hs_all, w_p1)), w_p2).view(C, T, B, 2 * Zm)
 
-        res = ChainsResult([], [], [], [], [])
+        res = ChainsResult([], [], [], [], [], state=(h, zprev))
         ro = torch.stack(root_o, 1)  # (B, T, 2Z0)
         res.z.append(torch.stack(z_root, 1))
         res.post_mean.append(ro[..., :Z0])
@@ -341,8 +376,9 @@ class DynamicalChains(nn.Module):
         return res
 
     @torch.no_grad()
-    def sample_prior(self, batch: int, T: int, device: torch.device | None = None,
-                     generator: torch.Generator | None = None) -> list[Tensor]:
+    def sample_prior(
+        self, batch: int, T: int, device: torch.device | None = None, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
         """Ancestral samples of every chain from its dynamical prior -> list of (B, T, z_dim)."""
         out = []
         for cell, prior in zip(self.cells, self.prior, strict=True):
@@ -359,8 +395,9 @@ class DynamicalChains(nn.Module):
         return out
 
 
-def draw_noise(noise: Mapping[str, Tensor] | None, name: str, shape: tuple[int, ...], like: Tensor,
-               sample: bool = True) -> Tensor:
+def draw_noise(
+    noise: Mapping[str, Tensor] | None, name: str, shape: tuple[int, ...], like: Tensor, sample: bool = True
+) -> Tensor:
     """noise[name] if given (checked against shape), else N(0, 1) (or zeros when not sampling)."""
     if noise is not None and name in noise:
         n = noise[name]
@@ -374,7 +411,9 @@ def draw_noise(noise: Mapping[str, Tensor] | None, name: str, shape: tuple[int, 
 
 def check_seq(x: Tensor, dim: int, name: str) -> None:
     if x.dim() != 3 or x.shape[-1] != dim:
-        raise ConfigError(f"{name} must have shape (B, T, {dim}); got {tuple(x.shape)}: check the stage-1 model")
+        raise ConfigError(
+            f"{name} must have shape (B, T, {dim}); got {tuple(x.shape)}: check the stage-1 model"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +434,10 @@ class MDVAE(nn.Module):
                 ChainSpec("za", d.za_dim, d.proj_a, parent=0),
                 ChainSpec("zv", d.zv_dim, d.proj_v, parent=0),
             ],
-            d.w_dim, d.chain_hidden, d.post_hidden, d.prior_hidden,
+            d.w_dim,
+            d.chain_hidden,
+            d.post_hidden,
+            d.prior_hidden,
         )
         self.dec_a = FrameDecoder(d.w_dim, d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a)
         self.dec_v = FrameDecoder(d.w_dim, d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v)
@@ -439,18 +481,21 @@ class MDVAE(nn.Module):
         multiplying all KL terms. noise: optional reparameterisation noise {"w": (B, w_dim),
         "zav": (B, T, 16), "za": (B, T, 8), "zv": (B, T, 4)} (missing entries drawn N(0, 1)).
         """
+        d = self.dims
         betas = resolve_beta(beta, MDVAE_LATENTS)
         w, w_mean, w_logvar, ch = self._infer(xa, xv, noise, sample=True)
         zav, za, zv = ch.z
         xa_mean = self.dec_a(w, torch.cat([zav, za], -1))
         xv_mean = self.dec_v(w, torch.cat([zav, zv], -1))
         nll = {
-            "audio": gaussian_nll(xa, xa_mean, self.obs_logvar_a).sum((1, 2)),
-            "visual": gaussian_nll(xv, xv_mean, self.obs_logvar_v).sum((1, 2)),
+            "audio": gaussian_nll_total(xa, xa_mean, self.obs_logvar_a if d.learn_obs_var else None),
+            "visual": gaussian_nll_total(xv, xv_mean, self.obs_logvar_v if d.learn_obs_var else None),
         }
         kl = {"w": gaussian_kl_std(w_mean, w_logvar).sum(1)}
         for i, name in enumerate(MDVAE_LATENTS[1:]):
-            kl[name] = gaussian_kl(ch.post_mean[i], ch.post_logvar[i], ch.prior_mean[i], ch.prior_logvar[i]).sum((1, 2))
+            kl[name] = gaussian_kl(
+                ch.post_mean[i], ch.post_logvar[i], ch.prior_mean[i], ch.prior_logvar[i]
+            ).sum((1, 2))
         loss, elbo, terms = assemble_elbo(nll, kl, betas, kl_weight, xa.shape[1])
         posterior = {"w": (w_mean, w_logvar)}
         prior = {"w": (torch.zeros_like(w_mean), torch.zeros_like(w_logvar))}
@@ -458,11 +503,18 @@ class MDVAE(nn.Module):
             posterior[name] = (ch.post_mean[i], ch.post_logvar[i])
             prior[name] = (ch.prior_mean[i], ch.prior_logvar[i])
         return SeqVAEOutput(
-            loss, elbo, terms, Latents(w, zav, za, zv), posterior, prior, {"audio": xa_mean, "visual": xv_mean}
+            loss,
+            elbo,
+            terms,
+            Latents(w, zav, za, zv),
+            posterior,
+            prior,
+            {"audio": xa_mean, "visual": xv_mean},
         )
 
-    def encode(self, xa: Tensor, xv: Tensor, sample: bool = False,
-               noise: Mapping[str, Tensor] | None = None) -> Latents:
+    def encode(
+        self, xa: Tensor, xv: Tensor, sample: bool = False, noise: Mapping[str, Tensor] | None = None
+    ) -> Latents:
         """Latents of (B, T, feat) windows. sample=False: posterior means (each chain is fed its means)."""
         w, _, _, ch = self._infer(xa, xv, noise, sample)
         return Latents(w, *ch.z)
@@ -473,8 +525,9 @@ class MDVAE(nn.Module):
         return self.dec_a(w, torch.cat([zav, za], -1)), self.dec_v(w, torch.cat([zav, zv], -1))
 
     @torch.no_grad()
-    def sample_prior(self, batch: int, T: int, w: Tensor | None = None,
-                     generator: torch.Generator | None = None) -> Latents:
+    def sample_prior(
+        self, batch: int, T: int, w: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Latents:
         """Latents drawn from the generative model (w from N(0, I) unless given)."""
         dev = self.obs_logvar_a.device
         if w is None:

@@ -168,7 +168,9 @@ class AudioVQVAE(_QuantizerMixin, nn.Module):
         for i, c in enumerate(outs):
             # (L - 1) * 2 - 2 + 4 = 2L; output_padding 1 restores odd lengths (256 -> 513)
             target, length = lengths[-2 - i], lengths[-1 - i]
-            dec.append(nn.ConvTranspose1d(c_in, c, 4, stride=2, padding=1, output_padding=target - 2 * length))
+            dec.append(
+                nn.ConvTranspose1d(c_in, c, 4, stride=2, padding=1, output_padding=target - 2 * length)
+            )
             if i < len(outs) - 1:
                 dec.append(nn.ReLU())
             c_in = c

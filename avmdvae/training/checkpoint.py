@@ -85,9 +85,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"cannot read checkpoint {path} ({why}): it is not an avmdvae checkpoint or is damaged"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not an avmdvae checkpoint: pass the -o folder of an `avmdvae train` run")
+        raise ConfigError(
+            f"{path} is not an avmdvae checkpoint: pass the -o folder of an `avmdvae train` run"
+        )
     if state.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ConfigError(f"{path} was written by a newer avmdvae (format {state['format_version']}): upgrade")
+        raise ConfigError(
+            f"{path} was written by a newer avmdvae (format {state['format_version']}): upgrade"
+        )
     return state
 
 
@@ -145,9 +149,17 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     load_model_state(model, state["model"], ckpt)
     model.to(device).eval()
     return LoadedRun(
-        model=model, kind=state["kind"], modality=state["modality"], config=state["config"],
-        corpus=state["corpus"], stage1=state.get("stage1", {}), checkpoint=ckpt, sha256=sha256_file(ckpt),
-        epoch=state["epoch"], step=state["step"], metrics=state.get("metrics", {}),
+        model=model,
+        kind=state["kind"],
+        modality=state["modality"],
+        config=state["config"],
+        corpus=state["corpus"],
+        stage1=state.get("stage1", {}),
+        checkpoint=ckpt,
+        sha256=sha256_file(ckpt),
+        epoch=state["epoch"],
+        step=state["step"],
+        metrics=state.get("metrics", {}),
     )
 
 

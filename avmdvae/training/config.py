@@ -67,9 +67,15 @@ class DataSettings:
 
 # Keys that may differ between the stored config and the one given on `--resume`: they change how
 # long or how verbosely the run goes on, or the runtime, not what is being trained.
-RESUMABLE_CHANGES: frozenset[str] = frozenset({
-    "train.epochs", "train.log_every", "train.num_workers", "train.checkpoint_every", "train.max_val_batches",
-})
+RESUMABLE_CHANGES: frozenset[str] = frozenset(
+    {
+        "train.epochs",
+        "train.log_every",
+        "train.num_workers",
+        "train.checkpoint_every",
+        "train.max_val_batches",
+    }
+)
 
 
 def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:

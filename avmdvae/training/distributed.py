@@ -92,8 +92,14 @@ class GlobalBatchSampler(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(
-        self, n: int, batch_size: int, seed: int, epoch: int, dist_info: DistInfo,
-        max_steps: int = 0, skip: int = 0,
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        dist_info: DistInfo,
+        max_steps: int = 0,
+        skip: int = 0,
     ) -> None:
         if batch_size % dist_info.world_size:
             raise ConfigError(

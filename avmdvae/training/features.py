@@ -57,8 +57,15 @@ def _complete(path: Path, n_frames: int, dim: int) -> bool:
 
 @torch.no_grad()
 def compute_features(
-    corpus: Corpus, vqvae: nn.Module, modality: str, stage1_sha256: str, device: torch.device,
-    clips: Sequence[ClipRecord] | None = None, rank: int = 0, world_size: int = 1, progress: bool = False,
+    corpus: Corpus,
+    vqvae: nn.Module,
+    modality: str,
+    stage1_sha256: str,
+    device: torch.device,
+    clips: Sequence[ClipRecord] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
 ) -> Path:
     """Encode every clip (of `clips`, default all) with `vqvae.feature` into the cache; returns its folder.
 
@@ -112,23 +119,29 @@ class FeatureWindows(Dataset):
     """
 
     def __init__(
-        self, corpus: Corpus, split: str, dirs: dict[str, Path], length: int, hop: int,
+        self,
+        corpus: Corpus,
+        split: str,
+        dirs: dict[str, Path],
+        length: int,
+        hop: int,
     ) -> None:
         self.corpus, self.split, self.dirs, self.length = corpus, split, dirs, int(length)
         clips = corpus.split(split)
         self.clips = [c for c in clips if c.n_frames >= self.length]
         self.n_short = len(clips) - len(self.clips)
         starts = [np.arange(0, c.n_frames - self.length + 1, hop, dtype=np.int64) for c in self.clips]
-        self._clip = np.concatenate([np.full(len(s), i) for i, s in enumerate(starts)] or [np.zeros(0)]).astype(
-            np.int64
-        )
+        self._clip = np.concatenate(
+            [np.full(len(s), i) for i, s in enumerate(starts)] or [np.zeros(0)]
+        ).astype(np.int64)
         self._start = np.concatenate(starts or [np.zeros(0, dtype=np.int64)])
         self._maps: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         for c in self.clips:
             for m, d in dirs.items():
                 if not feature_file(d, c.clip_id, m).is_file():
                     raise CorpusError(
-                        f"feature cache {d} lacks {c.clip_id}.{m}.npy: delete {d} and train again to recompute it"
+                        f"feature cache {d} lacks {c.clip_id}.{m}.npy: delete {d} and train again "
+                        "to recompute it"
                     )
 
     def __len__(self) -> int:

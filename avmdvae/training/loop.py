@@ -62,14 +62,19 @@ class Task(Protocol):
     def init_model(self, model: nn.Module, device: torch.device) -> None:
         """Data-dependent initialisation before step 0 of a fresh run (same on every rank)."""
         ...
+
     def train_dataset(self) -> Dataset:
         """len() = number of items; ds[list of indices] -> one collated batch (dict of tensors)."""
         ...
+
     def val_dataset(self) -> Dataset: ...
     def to_device(self, batch: Any, device: torch.device) -> Any: ...
-    def loss(self, model: nn.Module, batch: Any, step: int, train: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(
+        self, model: nn.Module, batch: Any, step: int, train: bool
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """-> (scalar loss to minimise, {metric name: scalar tensor or float}); metrics are batch means."""
         ...
+
     def frames(self, batch: Any) -> int:
         """Frames in this (per-rank) batch, for the frames/s throughput."""
         ...
@@ -168,7 +173,9 @@ class _MetricsLog:
         """On resume: drop lines logged after the checkpoint we resume from (they will be redone)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
+        ]
         write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, split: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
@@ -194,8 +201,13 @@ def _progress(enabled: bool) -> Any:
     from avmdvae.cli.app import console
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
     )
 
 
@@ -211,15 +223,24 @@ def _loader(ds: Dataset, sampler: Any, workers: int, device: torch.device, seed:
     # batch_size=None: the sampler yields lists of indices and the dataset returns whole batches
     # (one gather per batch instead of B item reads + collation).
     return DataLoader(
-        ds, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+        ds,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
         generator=g,
     )
 
 
 @torch.no_grad()
 def evaluate(
-    task: Task, model: nn.Module, ds: Dataset, s: TrainSettings, dist_info: DistInfo,
-    device: torch.device, step: int,
+    task: Task,
+    model: nn.Module,
+    ds: Dataset,
+    s: TrainSettings,
+    dist_info: DistInfo,
+    device: torch.device,
+    step: int,
 ) -> dict[str, float]:
     """Mean validation metrics over the whole validation split (sharded over ranks)."""
     model.eval()
@@ -263,7 +284,9 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
     last_path = run_dir / ck.LAST
     if last_path.exists():
         if not options.resume:
-            raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another -o")
+            raise ConfigError(
+                f"{run_dir} already holds a run: pass --resume to continue it, or choose another -o"
+            )
         resume_state = ck.load_checkpoint(last_path, map_location="cpu")
         _check_resumable(resume_state, task, run_dir)
     elif options.resume and main:
@@ -281,7 +304,9 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
     if resume_state is None:
         task.init_model(model, device)
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=s.lr, betas=tuple(s.betas),  # type: ignore[arg-type]
+        [p for p in model.parameters() if p.requires_grad],
+        lr=s.lr,
+        betas=tuple(s.betas),  # type: ignore[arg-type]
         weight_decay=s.weight_decay,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
@@ -301,7 +326,8 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
     objective: nn.Module = _Objective(model, task)
     if dist_info.enabled:
         objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
         )
 
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
@@ -313,7 +339,8 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
         )
     if len(val_ds) == 0:  # type: ignore[arg-type]
         raise ConfigError(
-            f"the {config['data']['val_split']} split of the corpus is empty: validation needs held-out clips "
+            f"the {config['data']['val_split']} split of the corpus is empty: validation needs "
+            "held-out clips "
             "(re-run preprocess with a validation split)"
         )
     per_epoch = steps_per_epoch(n_train, s.batch_size, s.max_steps_per_epoch)
@@ -329,14 +356,21 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
 
     def state(val: dict[str, float], train_means: dict[str, float]) -> dict[str, Any]:
         return {
-            "format": ck.CHECKPOINT_FORMAT, "format_version": ck.CHECKPOINT_VERSION,
-            "kind": task.kind, "modality": task.modality, "config": config,
-            "corpus": task.corpus_info, "stage1": task.stage1,
+            "format": ck.CHECKPOINT_FORMAT,
+            "format_version": ck.CHECKPOINT_VERSION,
+            "kind": task.kind,
+            "modality": task.modality,
+            "config": config,
+            "corpus": task.corpus_info,
+            "stage1": task.stage1,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "rng": ck.rng_state(device),
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "best_val": best_val,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "step": step,
+            "best_val": best_val,
             "metrics": {"train": train_means, "val": val},
             "versions": {"torch": str(torch.__version__), "avmdvae": str(avmdvae.__version__)},
         }
@@ -352,8 +386,13 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
                 n_train, s.batch_size, s.seed, epoch, dist_info, s.max_steps_per_epoch, skip=step_in_epoch
             )
             loader = _loader(train_ds, sampler, s.num_workers, device, s.seed * 1_000_003 + epoch)
-            bar = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=per_epoch, completed=step_in_epoch,
-                                    info="") if progress is not None else None
+            bar = (
+                progress.add_task(
+                    f"epoch {epoch + 1}/{s.epochs}", total=per_epoch, completed=step_in_epoch, info=""
+                )
+                if progress is not None
+                else None
+            )
             epoch_avg, window_avg = _Averager(), _Averager()
             t_window, frames_window = time.perf_counter(), 0
             for batch in loader:

@@ -94,7 +94,8 @@ class VQVAETask:
         p, m = self.corpus.params, config["model"]
         if modality == "visual" and m["image_size"] != p.face_size:
             raise ConfigError(
-                f"model.image_size {m['image_size']} but corpus {self.corpus.root} has {p.face_size}px faces: "
+                f"model.image_size {m['image_size']} but corpus {self.corpus.root} has "
+                f"{p.face_size}px faces: "
                 f"--set model.image_size={p.face_size}"
             )
         if modality == "audio" and m["n_bins"] != p.n_bins:
@@ -134,7 +135,9 @@ class VQVAETask:
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         return _to_device(batch, device)
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], step: int, train: bool) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
+    ) -> tuple[torch.Tensor, dict]:
         loss, metrics = model.loss(batch)  # type: ignore[operator]
         metrics = {k: v for k, v in metrics.items() if k != "loss"}
         if train:
@@ -162,8 +165,11 @@ def load_stage1(run: str | Path, modality: str, option: str) -> tuple[dict[str, 
     model = build_model("vqvae", modality, state["config"])
     ck.load_model_state(model, state["model"], path)
     ref = {
-        "run": str(run.resolve()), "checkpoint": str(path.resolve()), "sha256": ck.sha256_file(path),
-        "config": state["config"], "corpus_params": state["corpus"]["params"],
+        "run": str(run.resolve()),
+        "checkpoint": str(path.resolve()),
+        "sha256": ck.sha256_file(path),
+        "config": state["config"],
+        "corpus_params": state["corpus"]["params"],
     }
     return ref, model.eval()
 
@@ -175,8 +181,13 @@ class _Stage2Task:
     modality: str | None
     modalities: tuple[str, ...]
 
-    def __init__(self, corpus: str | Path, stage1_runs: dict[str, str | Path], config: dict[str, Any],
-                 options: dict[str, str]) -> None:
+    def __init__(
+        self,
+        corpus: str | Path,
+        stage1_runs: dict[str, str | Path],
+        config: dict[str, Any],
+        options: dict[str, str],
+    ) -> None:
         self.config = config
         self.stage1 = {}
         self.stage1_models: dict[str, nn.Module] = {}
@@ -211,8 +222,14 @@ class _Stage2Task:
         for m, model in self.stage1_models.items():
             model.to(device)
             self._dirs[m] = compute_features(
-                self.corpus, model, m, self.stage1[m]["sha256"], device,
-                rank=dist_info.rank, world_size=dist_info.world_size, progress=progress,
+                self.corpus,
+                model,
+                m,
+                self.stage1[m]["sha256"],
+                device,
+                rank=dist_info.rank,
+                world_size=dist_info.world_size,
+                progress=progress,
             )
             model.cpu()
         barrier()
@@ -250,7 +267,9 @@ class _Stage2Task:
         """Per-sequence shapes of the reparameterisation noise of every latent."""
         raise NotImplementedError
 
-    def noise(self, model: nn.Module, batch_size: int, T: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def noise(
+        self, model: nn.Module, batch_size: int, T: int, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         """Training noise for this rank's share of the GLOBAL batch.
 
         Every rank draws the noise of the whole global batch from the same RNG stream and keeps its
@@ -263,11 +282,14 @@ class _Stage2Task:
             for name, shape in self.noise_shapes(model, T).items()
         }
 
-    def _seq_loss(self, model: nn.Module, inputs: list[torch.Tensor], step: int,
-                  train: bool) -> tuple[torch.Tensor, dict]:
+    def _seq_loss(
+        self, model: nn.Module, inputs: list[torch.Tensor], step: int, train: bool
+    ) -> tuple[torch.Tensor, dict]:
         x = inputs[0]
         noise = self.noise(model, x.shape[0], x.shape[1], x.device) if train else None
-        out = model(*inputs, beta=self.config["train"]["beta"], kl_weight=self.kl_weight(step, train), noise=noise)
+        out = model(
+            *inputs, beta=self.config["train"]["beta"], kl_weight=self.kl_weight(step, train), noise=noise
+        )
         return out.loss, {k: v for k, v in out.metrics().items() if k != "loss"}
 
     def frames(self, batch: dict[str, Any]) -> int:
@@ -280,7 +302,8 @@ def _set_feat(config: dict[str, Any], key: str, value: int, default: int, what: 
     given = config["model"][key]
     if given not in (value, default):
         raise ConfigError(
-            f"model.{key} = {given} but the {what} has {value}-dim features: remove model.{key} from the config"
+            f"model.{key} = {given} but the {what} has {value}-dim features: "
+            f"remove model.{key} from the config"
         )
     config["model"][key] = value
 
@@ -290,30 +313,41 @@ class MDVAETask(_Stage2Task):
     modality = None
     modalities = ("audio", "visual")
 
-    def __init__(self, corpus: str | Path, audio_run: str | Path, visual_run: str | Path,
-                 config: dict[str, Any]) -> None:
-        super().__init__(corpus, {"audio": audio_run, "visual": visual_run}, config,
-                         {"audio": "--audio-vqvae", "visual": "--visual-vqvae"})
+    def __init__(
+        self, corpus: str | Path, audio_run: str | Path, visual_run: str | Path, config: dict[str, Any]
+    ) -> None:
+        super().__init__(
+            corpus,
+            {"audio": audio_run, "visual": visual_run},
+            config,
+            {"audio": "--audio-vqvae", "visual": "--visual-vqvae"},
+        )
 
     def _check_dims(self) -> None:
         from avmdvae.models.config import MDVAEDims
 
         ref = MDVAEDims()
         _set_feat(self.config, "feat_a", self.stage1_models["audio"].feature_dim, ref.feat_a, "audio VQ-VAE")
-        _set_feat(self.config, "feat_v", self.stage1_models["visual"].feature_dim, ref.feat_v, "visual VQ-VAE")
+        _set_feat(
+            self.config, "feat_v", self.stage1_models["visual"].feature_dim, ref.feat_v, "visual VQ-VAE"
+        )
 
     def noise_shapes(self, model: nn.Module, T: int) -> dict[str, tuple[int, ...]]:
         d = model.dims
         return {"w": (d.w_dim,), "zav": (T, d.zav_dim), "za": (T, d.za_dim), "zv": (T, d.zv_dim)}
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], step: int, train: bool) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
+    ) -> tuple[torch.Tensor, dict]:
         return self._seq_loss(model, [batch["audio"], batch["visual"]], step, train)
 
 
 class DSAETask(_Stage2Task):
     kind = "dsae"
 
-    def __init__(self, corpus: str | Path, modality: str, vqvae_run: str | Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, corpus: str | Path, modality: str, vqvae_run: str | Path, config: dict[str, Any]
+    ) -> None:
         if modality not in MODALITIES:
             raise ConfigError(f"unknown modality {modality!r}: use --modality audio or visual")
         self.modality = modality
@@ -325,12 +359,16 @@ class DSAETask(_Stage2Task):
 
         assert self.modality is not None
         feat = self.stage1_models[self.modality].feature_dim
-        _set_feat(self.config, "feat", feat, DSAEDims.for_modality(self.modality).feat, f"{self.modality} VQ-VAE")
+        _set_feat(
+            self.config, "feat", feat, DSAEDims.for_modality(self.modality).feat, f"{self.modality} VQ-VAE"
+        )
 
     def noise_shapes(self, model: nn.Module, T: int) -> dict[str, tuple[int, ...]]:
         return {"w": (model.dims.w_dim,), "z": (T, model.z_dim)}
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], step: int, train: bool) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
+    ) -> tuple[torch.Tensor, dict]:
         assert self.modality is not None
         return self._seq_loss(model, [batch[self.modality]], step, train)
 

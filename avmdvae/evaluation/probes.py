@@ -1,0 +1,236 @@
+"""Linear probes: how much of a label or a continuous factor a representation makes linearly available.
+
+    learning_curve(X, y, groups, ks, draws)   few-label classification: k labelled clips per class,
+                                              speaker-disjoint train/test, repeated random draws
+    probe_classification(X, y, groups)        cross-validated accuracy / macro-F1 / informativeness
+    probe_regression(X, Y, groups)            cross-validated R^2 of continuous targets (NaN = missing)
+
+X: (n, D) float features (one row per clip, or per frame); y: (n,) labels; groups: (n,) speaker ids.
+Every probe standardises X with statistics of its training rows only. scikit-learn is imported lazily
+(extra `metrics`); when missing, ConfigError says how to install it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avmdvae.errors import ConfigError
+
+KS = (1, 2, 5, 10, 20, 50)  # labelled clips per class on the learning curve (those the data allows)
+DRAWS = 10  # random draws (speaker partition + labelled subset) per point of the curve
+TEST_FRACTION = 0.3  # share of speakers held out as probe-test speakers in each draw
+FOLDS = 3  # cross-validation folds of probe_classification / probe_regression
+LOGREG_C = 1.0  # inverse L2 strength of the logistic regression on standardised features
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 5))  # ridge penalties tried by RidgeCV (inner GCV)
+
+
+def _sk() -> Any:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError("probes need scikit-learn: pip install 'avmdvae[metrics]'.") from None
+    import sklearn.linear_model as lm
+    import sklearn.metrics as skm
+    import sklearn.preprocessing as pp
+
+    return lm, skm, pp
+
+
+def _standardise(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = xtr.mean(0)
+    sd = xtr.std(0)
+    sd = np.where(sd > 1e-8, sd, 1.0)
+    return (xtr - mu) / sd, (xte - mu) / sd
+
+
+def fit_classifier(x: np.ndarray, y: np.ndarray, c: float = LOGREG_C) -> Any:
+    """Standardise + multinomial logistic regression; returns an object with predict / predict_proba."""
+    lm, _, pp = _sk()
+    from sklearn.pipeline import make_pipeline
+
+    clf = make_pipeline(pp.StandardScaler(), lm.LogisticRegression(C=c, max_iter=2000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on tiny training sets
+        clf.fit(np.asarray(x, np.float64), np.asarray(y))
+    return clf
+
+
+def fit_regressor(x: np.ndarray, y: np.ndarray) -> Any:
+    """Standardise + ridge regression (penalty by generalised cross-validation); y (n,) or (n, K)."""
+    lm, _, pp = _sk()
+    from sklearn.pipeline import make_pipeline
+
+    reg = make_pipeline(pp.StandardScaler(), lm.RidgeCV(alphas=RIDGE_ALPHAS))
+    reg.fit(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return reg
+
+
+def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    """(accuracy, macro-F1 over the classes present in y_true, balanced accuracy)."""
+    _, skm, _ = _sk()
+    labels = np.unique(y_true)
+    acc = float(np.mean(y_true == y_pred))
+    f1 = float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in labels]
+    return acc, f1, float(np.mean(recalls))
+
+
+def speaker_partition(groups: np.ndarray, rng: np.random.Generator,
+                      test_fraction: float = TEST_FRACTION) -> np.ndarray:
+    """Boolean test mask holding out a random ~test_fraction of the speakers (at least one, never all)."""
+    speakers = np.unique(groups)
+    if len(speakers) < 2:
+        raise ConfigError("speaker-disjoint probes need clips of at least 2 speakers")
+    n_test = int(np.clip(round(test_fraction * len(speakers)), 1, len(speakers) - 1))
+    test_spk = rng.choice(speakers, n_test, replace=False)
+    return np.isin(groups, test_spk)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def learning_curve(x: np.ndarray, y: Sequence[Any], groups: Sequence[Any], ks: Sequence[int] = KS,
+                   draws: int = DRAWS, seed: int = 0, test_fraction: float = TEST_FRACTION,
+                   c: float = LOGREG_C) -> dict[str, Any]:
+    """Few-label linear probe: accuracy and macro-F1 vs k labelled clips per class.
+
+    Each draw holds out a random share of the speakers (probe-test set), then for every k samples
+    k clips of each class from the other speakers and fits the probe on those k * C clips. A k is
+    reported when, in at least half of the draws, every class has k clips among the training
+    speakers ("where the data allows"); "all" uses every clip of the training speakers.
+    Returns {"points": [{"k": k|"all", "accuracy": {mean, std, n}, "macro_f1": {...}}], "classes",
+    "chance": 1 / C, "draws"}.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray([str(v) for v in y])
+    g = np.asarray([str(v) for v in groups])
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ConfigError(f"a probe needs at least 2 classes, the data has {len(classes)}")
+    rng = np.random.default_rng(seed)
+    per_k: dict[Any, tuple[list[float], list[float]]] = {k: ([], []) for k in [*ks, "all"]}
+    for _ in range(draws):
+        test = speaker_partition(g, rng, test_fraction)
+        pool = np.flatnonzero(~test)
+        te = np.flatnonzero(test)
+        by_class = {cl: pool[y[pool] == cl] for cl in classes}
+        for k in [*ks, "all"]:
+            if k == "all":
+                idx = pool
+            else:
+                if any(len(v) < k for v in by_class.values()):
+                    continue
+                idx = np.concatenate([rng.choice(v, k, replace=False) for v in by_class.values()])
+            if len(np.unique(y[idx])) < 2:
+                continue
+            clf = fit_classifier(x[idx], y[idx], c)
+            acc, f1, _ = _scores(y[te], clf.predict(x[te]))
+            per_k[k][0].append(acc)
+            per_k[k][1].append(f1)
+    points = []
+    for k, (accs, f1s) in per_k.items():
+        if len(accs) >= max(1, (draws + 1) // 2):
+            points.append({"k": k, "accuracy": _mean_std(accs), "macro_f1": _mean_std(f1s)})
+    return {"points": points, "classes": classes.tolist(), "chance": 1.0 / len(classes), "draws": draws}
+
+
+def _folds(n: int, groups: np.ndarray | None, y: np.ndarray | None, folds: int, seed: int) -> list[np.ndarray]:
+    """Test-index arrays: grouped (speaker-disjoint) when groups has >= 2 values, else stratified/random."""
+    rng = np.random.default_rng(seed)
+    if groups is not None and len(np.unique(groups)) >= 2:
+        spk = rng.permutation(np.unique(groups))
+        k = min(folds, len(spk))
+        return [np.flatnonzero(np.isin(groups, part)) for part in np.array_split(spk, k)]
+    order = rng.permutation(n)
+    if y is not None:  # stratified: deal each class round-robin over the folds
+        order = np.concatenate([order[y[order] == c] for c in np.unique(y)])
+    k = min(folds, n)
+    return [order[i::k] for i in range(k)]
+
+
+@dataclass
+class ClassProbe:
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    chance: float
+    informativeness: float  # (balanced accuracy - chance) / (1 - chance), clipped to [0, 1]
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def probe_classification(x: np.ndarray, y: Sequence[Any], groups: Sequence[Any] | None = None,
+                         folds: int = FOLDS, seed: int = 0, c: float = LOGREG_C) -> ClassProbe:
+    """Cross-validated linear classification probe (speaker-disjoint folds when `groups` is given).
+
+    Predictions of all folds are pooled, then scored. Classes absent from a fold's training rows are
+    simply never predicted in that fold. Informativeness rescales balanced accuracy so that chance
+    (1 / number of classes) is 0 and perfect is 1.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray([str(v) for v in y])
+    g = None if groups is None else np.asarray([str(v) for v in groups])
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ConfigError(f"a probe needs at least 2 classes, the data has {len(classes)}")
+    pred = np.empty_like(y)
+    for te in _folds(len(y), g, y, folds, seed):
+        tr = np.setdiff1d(np.arange(len(y)), te)
+        if len(np.unique(y[tr])) < 2:
+            pred[te] = y[tr][0] if len(tr) else classes[0]
+            continue
+        pred[te] = fit_classifier(x[tr], y[tr], c).predict(x[te])
+    acc, f1, bal = _scores(y, pred)
+    chance = 1.0 / len(classes)
+    info = float(np.clip((bal - chance) / (1 - chance), 0.0, 1.0))
+    return ClassProbe(acc, bal, f1, chance, info)
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """1 - SSE / SST over the finite entries of y_true (one column); nan when y_true is constant."""
+    m = np.isfinite(y_true)
+    yt, yp = y_true[m], y_pred[m]
+    sst = float(np.sum((yt - yt.mean()) ** 2))
+    if sst <= 0 or len(yt) < 2:
+        return float("nan")
+    return 1.0 - float(np.sum((yt - yp) ** 2)) / sst
+
+
+def probe_regression(x: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None = None,
+                     folds: int = FOLDS, seed: int = 0) -> dict[str, Any]:
+    """Cross-validated ridge probe of continuous targets y (n,) or (n, K); NaN entries are missing.
+
+    Returns {"r2": [per target], "r2_mean": mean over targets, "informativeness": clip(r2_mean, 0, 1)}.
+    R^2 is computed on the pooled out-of-fold predictions (speaker-disjoint folds with `groups`).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    y2 = y[:, None] if y.ndim == 1 else y
+    g = None if groups is None else np.asarray([str(v) for v in groups])
+    pred = np.full_like(y2, np.nan)
+    for j in range(y2.shape[1]):
+        ok = np.isfinite(y2[:, j])
+        rows = np.flatnonzero(ok)
+        for te in _folds(len(rows), None if g is None else g[rows], None, folds, seed):
+            tr = np.setdiff1d(np.arange(len(rows)), te)
+            if len(tr) < 2:
+                continue
+            reg = fit_regressor(x[rows[tr]], y2[rows[tr], j])
+            pred[rows[te], j] = reg.predict(x[rows[te]])
+    r2 = [r2_score(y2[:, j], np.nan_to_num(pred[:, j], nan=float(np.nanmean(y2[:, j]))))
+          for j in range(y2.shape[1])]
+    finite = [v for v in r2 if np.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else float("nan")
+    return {"r2": r2, "r2_mean": mean, "informativeness": float(np.clip(mean, 0, 1)) if finite else float("nan")}
+
+
+__all__ = ["ClassProbe", "KS", "fit_classifier", "fit_regressor", "learning_curve", "probe_classification",
+           "probe_regression", "r2_score", "speaker_partition"]

@@ -1,0 +1,328 @@
+"""Write an evaluation report: report.json (everything), report.md (tables), PNG plots (matplotlib, Agg).
+
+    write_report(out_dir, results) -> list of written paths
+
+`results` is the dict built by avmdvae.evaluation.tasks (keys "meta", "resynth", "emotion",
+"disentangle", "denoise", "skipped"; any task may be absent). NaN / inf become null in the JSON.
+Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, denoise_<modality>.png,
+resynth.png.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avmdvae.atomic import atomic_path, write_json, write_text
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays to Python, NaN / inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _clean(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _ms(s: dict[str, Any] | None, digits: int = 3) -> str:
+    """'mean ± std' of a stats dict."""
+    if not s or s.get("n", 0) == 0:
+        return "n/a"
+    return f"{_f(s['mean'], digits)} ± {_f(s['std'], digits)}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- sections
+RESYNTH_AUDIO = (("stoi_griffin_lim", "STOI (GL)"), ("pesq_griffin_lim", "PESQ (GL)"),
+                 ("stoi_source_phase", "STOI (src phase)"), ("pesq_source_phase", "PESQ (src phase)"),
+                 ("lsd_db", "LSD dB"))
+RESYNTH_VISUAL = (("psnr", "PSNR dB"), ("ssim", "SSIM"))
+
+
+def _md_resynth(r: dict[str, Any]) -> str:
+    out = [f"## Resynthesis ({r['clips']} test clips)\n",
+           f"Reference audio: {', '.join(r.get('reference_audio', [])) or 'n/a'}; Griffin-Lim "
+           f"{r.get('gl_iters')} iterations. Mean ± standard deviation over clips.\n"]
+    cols = RESYNTH_AUDIO + RESYNTH_VISUAL
+    rows = []
+    for system, m in r["systems"].items():
+        rows.append([system] + [_ms(m.get(k), 2 if k in ("psnr", "lsd_db") else 3) for k, _ in cols])
+    out.append(_table(["system"] + [c for _, c in cols], rows))
+    return "\n".join(out)
+
+
+def _plot_resynth(r: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    metrics = [("stoi_griffin_lim", "STOI (Griffin-Lim)"), ("pesq_griffin_lim", "PESQ (Griffin-Lim)"),
+               ("psnr", "PSNR (dB)"), ("ssim", "SSIM")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for ax, (k, label) in zip(axes, metrics, strict=True):
+        names = [s for s, m in r["systems"].items() if m.get(k, {}).get("n", 0)]
+        means = [r["systems"][s][k]["mean"] for s in names]
+        stds = [r["systems"][s][k]["std"] for s in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="C0")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label)
+    return _save(fig, path)
+
+
+def _md_emotion(e: dict[str, Any]) -> str:
+    out = [f"## Emotion recognition with few labels ({e['clips']} clips, {e['speakers']} speakers)\n",
+           "Linear probes (logistic regression) trained on k labelled clips per class from some speakers, "
+           f"tested on the other speakers; mean ± std over {e['draws']} random draws.\n"]
+    for target, t in e["targets"].items():
+        out.append(f"### {target}\n")
+        if "skipped" in t:
+            out.append(f"Skipped: {t['skipped']}\n")
+            continue
+        reps = t["representations"]
+        ks = []
+        for curve in reps.values():
+            for p in curve["points"]:
+                if p["k"] not in ks:
+                    ks.append(p["k"])
+        for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            rows = []
+            for name, curve in reps.items():
+                by_k = {p["k"]: p for p in curve["points"]}
+                rows.append([name] + [_ms(by_k[k][metric]) if k in by_k else "n/a" for k in ks])
+            chance = next(iter(reps.values()))["chance"] if reps else float("nan")
+            out.append(f"{label} (chance {_f(chance)}):\n")
+            out.append(_table(["representation"] + [f"k={k}" for k in ks], rows))
+    return "\n".join(out)
+
+
+def _plot_emotion(e: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    targets = [(t, v) for t, v in e["targets"].items() if "skipped" not in v]
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.5 * max(1, len(targets)), 3.8), squeeze=False)
+    for ax, (target, t) in zip(axes[0], targets, strict=False):
+        for i, (name, curve) in enumerate(t["representations"].items()):
+            pts = [p for p in curve["points"] if p["k"] != "all"]
+            if not pts:
+                continue
+            ks = [p["k"] for p in pts]
+            m = np.array([p["accuracy"]["mean"] for p in pts])
+            s = np.array([p["accuracy"]["std"] for p in pts])
+            ax.plot(ks, m, "o-", color=f"C{i}", label=name)
+            ax.fill_between(ks, m - s, m + s, color=f"C{i}", alpha=0.15)
+            ax.axhline(curve["chance"], color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled clips per class (k)")
+        ax.set_ylabel("accuracy (speaker-disjoint)")
+        ax.set_title(target)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _md_disentangle(d: dict[str, Any]) -> str:
+    out = [f"## Disentanglement ({d['clips']} clips with ground truth)\n",
+           "Factor matrix: linear-probe informativeness (0 = chance, 1 = perfect; classification: rescaled "
+           "balanced accuracy, speaker-disjoint except for speaker identity; per-frame factors: R² clipped "
+           "at 0). Owners by design: " + ", ".join(f"{f} → {o}" for f, o in d["owners"].items()) + ".\n"]
+    factors = d["factors"]
+    rows = [[r] + [_f(d["matrix"][r].get(f)) for f in factors] for r in d["matrix"]]
+    out.append(_table(["latent"] + factors, rows))
+    sw = d.get("swap", {})
+    if "skipped" in sw:
+        out.append(f"Swap test skipped: {sw['skipped']}\n")
+    else:
+        out.append(f"### Swap test ({sw['pairs']} pairs)\n")
+        out.append("Transfer fraction s per factor (1 = the output has B's value, 0 = A's). "
+                   "Swap score = transfer on the swapped latent's own factors − leakage into the others "
+                   "(1 perfect, 0 no-op).\n")
+        rows = []
+        for k, v in {**sw["latents"], "no swap (control)": sw["control_no_swap"]}.items():
+            rows.append([k, _f(v["score"]), _f(v["transfer"]), _f(v["leakage"])]
+                        + [_f(v["per_factor"].get(f)) for f in factors])
+        out.append(_table(["swapped", "score", "transfer", "leakage"] + factors, rows))
+        q = sw["estimator_quality"]
+        out.append("Ground-truth estimators on held-out real clips: "
+                   + ", ".join(f"{f} {v['metric']} {_ms(v)}" for f, v in q.items()) + ".\n")
+    out.append("### Summary per latent\n")
+    out.append(_table(["latent", "swap score", "selectivity"],
+                      [[k, _f(v["swap_score"]), _f(v["selectivity"])] for k, v in d["summary"].items()]))
+    return "\n".join(out)
+
+
+def _plot_matrix(d: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    rows, factors = list(d["matrix"]), d["factors"]
+    a = np.array([[d["matrix"][r].get(f) if d["matrix"][r].get(f) is not None else np.nan for f in factors]
+                  for r in rows], np.float64)
+    fig, ax = plt.subplots(figsize=(1.1 * len(factors) + 2, 0.6 * len(rows) + 1.5))
+    im = ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(factors)), factors, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(factors)):
+            if np.isfinite(a[i, j]):
+                ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", color="w" if a[i, j] < 0.6 else "k",
+                        fontsize=8)
+            if d["owners"].get(factors[j]) == rows[i]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    fig.colorbar(im, ax=ax, label="informativeness")
+    ax.set_title("latent × factor (red: owner by design)")
+    return _save(fig, path)
+
+
+def _plot_swap(d: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    sw = d["swap"]
+    lat = list(sw["latents"])
+    factors = d["factors"]
+    a = np.array([[sw["latents"][k]["per_factor"].get(f, np.nan) for f in factors] for k in lat], np.float64)
+    fig, ax = plt.subplots(figsize=(1.1 * len(factors) + 2, 0.6 * len(lat) + 1.5))
+    im = ax.imshow(a, vmin=0, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(factors)), factors, rotation=30, ha="right")
+    ax.set_yticks(range(len(lat)), [f"{k} (score {_f(sw['latents'][k]['score'], 2)})" for k in lat])
+    for i in range(len(lat)):
+        for j in range(len(factors)):
+            if np.isfinite(a[i, j]):
+                ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="transfer fraction (1 = B's value)")
+    ax.set_title("swap test: latent taken from B")
+    return _save(fig, path)
+
+
+DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
+                   "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"))}
+
+
+def _md_denoise(dn: dict[str, Any]) -> str:
+    out = [f"## Denoising ({dn['clips']} test clips)\n",
+           "Metrics of the corrupted modality against the clean input, before (corrupted input) and after "
+           f"each system; mean ± std over clips. Audio output: {dn.get('audio_output', '')}.\n"]
+    for mod, metrics in DENOISE_METRICS.items():
+        conds = [c for c in dn["conditions"] if c["modality"] == mod]
+        if not conds:
+            continue
+        out.append(f"### {mod}\n")
+        rows = []
+        for c in conds:
+            for system, m in c["systems"].items():
+                rows.append([c["noise"], system] + [_ms(m.get(k), 2 if k in ("psnr", "lsd_db") else 3)
+                                                     for k, _ in metrics])
+        out.append(_table(["corruption", "system"] + [lbl for _, lbl in metrics], rows))
+    return "\n".join(out)
+
+
+def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path | None:
+    plt = _plt()
+    conds = [c for c in dn["conditions"] if c["modality"] == modality]
+    if not conds:
+        return None
+    kinds = list(dict.fromkeys(c["kind"] for c in conds))
+    metrics = DENOISE_METRICS[modality][:2]
+    fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(4.2 * len(kinds), 3.2 * len(metrics)),
+                             squeeze=False)
+    for j, kind in enumerate(kinds):
+        cs = [c for c in conds if c["kind"] == kind]
+        numeric = all(isinstance(c["level"], (int, float)) for c in cs)
+        if numeric:
+            cs = sorted(cs, key=lambda c: c["level"])
+        x = [c["level"] for c in cs] if numeric else list(range(len(cs)))
+        systems = list(dict.fromkeys(s for c in cs for s in c["systems"]))
+        for i, (k, label) in enumerate(metrics):
+            ax = axes[i][j]
+            for si, s in enumerate(systems):
+                m = np.array([c["systems"].get(s, {}).get(k, {}).get("mean", np.nan) for c in cs], np.float64)
+                sd = np.array([c["systems"].get(s, {}).get(k, {}).get("std", np.nan) for c in cs], np.float64)
+                style = "k--" if s == "corrupted input" else "o-"
+                ax.plot(x, m, style, label=s, color=None if s == "corrupted input" else f"C{si}")
+                ax.fill_between(x, m - sd, m + sd, alpha=0.1)
+            if not numeric:
+                ax.set_xticks(x, [str(c["level"]) for c in cs])
+            ax.set_xlabel({"white": "SNR (dB)", "babble": "SNR (dB)", "gaussian": "sigma"}.get(kind, kind))
+            ax.set_ylabel(label)
+            ax.set_title(f"{modality}: {kind}")
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- write
+def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
+    """Write report.json, report.md and the plots of the tasks present; returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = _clean(results)
+    written: list[Path] = []
+    md = ["# avmdvae evaluation report\n"]
+    meta = res.get("meta", {})
+    if meta:
+        md.append(_table(["", ""], [[k, f"`{v}`"] for k, v in meta.items()]))
+    for task, reason in res.get("skipped", {}).items():
+        md.append(f"**{task} skipped**: {reason}\n")
+    plots: list[str] = []
+    if "resynth" in res:
+        md.append(_md_resynth(res["resynth"]))
+        written.append(_plot_resynth(res["resynth"], out / "resynth.png"))
+        plots.append("resynth.png")
+    if "emotion" in res:
+        md.append(_md_emotion(res["emotion"]))
+        written.append(_plot_emotion(res["emotion"], out / "emotion_learning_curve.png"))
+        plots.append("emotion_learning_curve.png")
+    if "disentangle" in res:
+        md.append(_md_disentangle(res["disentangle"]))
+        written.append(_plot_matrix(res["disentangle"], out / "factor_matrix.png"))
+        plots.append("factor_matrix.png")
+        if "latents" in res["disentangle"].get("swap", {}):
+            written.append(_plot_swap(res["disentangle"], out / "swap_scores.png"))
+            plots.append("swap_scores.png")
+    if "denoise" in res:
+        md.append(_md_denoise(res["denoise"]))
+        for mod in ("audio", "visual"):
+            p = _plot_denoise(res["denoise"], mod, out / f"denoise_{mod}.png")
+            if p is not None:
+                written.append(p)
+                plots.append(p.name)
+    if plots:
+        md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
+    res["plots"] = plots
+    write_json(out / REPORT_JSON, res)
+    write_text(out / REPORT_MD, "\n".join(md))
+    return [out / REPORT_JSON, out / REPORT_MD, *written]
+
+
+__all__ = ["REPORT_JSON", "REPORT_MD", "write_report"]

@@ -1,0 +1,559 @@
+"""A trained VQ-MDVAE loaded once for inference: media -> latents -> media.
+
+    clip = model.read(video)                  # faces (N,64,64,3) uint8, power (N,513), audio (S,)
+    lat = model.encode(clip)                  # Latents(w (1,Dw), zav (1,N,16), za (1,N,8), zv (1,N,4))
+    out = model.decode(lat)                   # Decoded(faces (N,64,64,3) uint8, power (N,513))
+    wave = model.to_audio(out.power, phase_from=clip.audio)   # or Griffin-Lim (phase_from=None)
+
+How a clip of any length is encoded (no seams, bounded memory):
+
+* Stage-1 features are computed in chunks of CHUNK frames (per-frame models: chunking is exact).
+* w (static) is the precision-weighted mean of the posteriors q(w | window) over windows of the
+  model's training length T (seq_len) tiling the clip (the last one aligned to the clip's end; a clip
+  shorter than T is one window). The model only ever saw T-frame windows, so this keeps the static
+  encoder in the regime it was trained for, and the product of Gaussian posteriors is the natural way
+  to pool independent evidence about one static factor.
+* z(av), z(a), z(v) (dynamical, causal) run over the whole clip as ONE sequence with that w: the
+  chains are advanced in chunks of `chunk` frames with their recurrent state carried from one chunk
+  to the next, so any chunking gives the one-pass result (to float rounding) and never a seam.
+  Posterior means are used (no sampling), so encoding is deterministic.
+* Decoding is per frame ([w, z_t] -> feature -> stage-1 decoder), chunked.
+
+A missing modality (`drop="audio"|"visual"`): its features are replaced by the stage-1 feature mean
+of the training corpus (computed once from up to STATS_FRAMES frames of the run's corpus and cached
+next to the run as feature_mean.npz; zeros when that corpus is not available), w and the z's are
+inferred from the other modality, and both modalities are decoded from the latents. With
+`impute_iters > 0` the dropped features are then replaced by their decoded value and the clip is
+re-encoded, that many times.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from avmdvae import audio as audio_mod
+from avmdvae import media
+from avmdvae.atomic import atomic_path
+from avmdvae.corpus import PreprocessParams
+from avmdvae.errors import ConfigError, MediaError
+from avmdvae.models.mdvae import MDVAE, Latents
+
+Progress = Callable[[str, int, int], None]  # (step name, done, total)
+Modality = Literal["audio", "visual"]
+FACTORS = ("w", "zav", "za", "zv")
+
+CHUNK = 512  # frames per stage-1 / decoder batch (17 s at 30 fps; 512 x 2048 x 4 B = 4 MB of features)
+CHAIN_CHUNK = 1800  # frames per chunk of the causal chains (1 min at 30 fps); state carried across
+GL_CHUNK = 900  # frames per Griffin-Lim segment (30 s): bounds memory for long clips
+GL_OVERLAP = 16  # frames of cross-fade between Griffin-Lim segments (0.53 s)
+STATS_FRAMES = 4096  # training frames averaged for the missing-modality feature mean
+FEATURE_MEAN_FILE = "feature_mean.npz"
+# Features of longer clips are kept in a temporary memory-mapped file instead of RAM:
+# 256 MB = about 25k frames (14 min at 30 fps) of 2048 + 512 float32 features.
+MAX_RAM_FEATURE_BYTES = 256 << 20
+
+
+def _noop(name: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class Clip:
+    """An analysed input: what the model sees plus what resynthesis needs."""
+
+    faces: np.ndarray  # (N, 64, 64, 3) uint8 aligned face crops
+    power: np.ndarray  # (N, 513) float32 power spectrogram, one frame per video frame
+    audio: np.ndarray  # (S,) float32 mono waveform at 16 kHz, sample 0 = frame 0
+    fps: float
+    source: str = ""
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.faces)
+
+    @property
+    def seconds(self) -> float:
+        return self.n_frames / self.fps
+
+
+@dataclass
+class Decoded:
+    faces: np.ndarray  # (N, 64, 64, 3) uint8
+    power: np.ndarray  # (N, 513) float32
+
+
+def _alloc(n: int, d: int) -> np.ndarray:
+    """(n, d) float32 buffer: RAM when small, else a temporary memory-mapped file (deleted on close)."""
+    if n * d * 4 <= MAX_RAM_FEATURE_BYTES:
+        return np.empty((n, d), np.float32)
+    f = tempfile.TemporaryFile(prefix="avmdvae-feat-")
+    return np.memmap(f, dtype=np.float32, mode="w+", shape=(n, d))
+
+
+def latents_slice(lat: Latents, a: int, b: int) -> Latents:
+    """Frames [a, b) of the dynamical latents (w kept; per-frame w (1, N, Dw) sliced too)."""
+    w = lat.w[:, a:b] if lat.w.dim() == 3 else lat.w
+    return Latents(w, lat.zav[:, a:b], lat.za[:, a:b], lat.zv[:, a:b])
+
+
+def _windows(n: int, length: int) -> list[tuple[int, int]]:
+    """Tiling of [0, n) by windows of `length` (last one aligned to the end); one window if n < length."""
+    if n <= length:
+        return [(0, n)]
+    starts = list(range(0, n - length + 1, length))
+    if starts[-1] + length < n:
+        starts.append(n - length)
+    return [(s, s + length) for s in starts]
+
+
+class AVModel:
+    """A stage-2 MDVAE run with its two stage-1 VQ-VAEs, in eval mode, on one device."""
+
+    def __init__(
+        self,
+        mdvae: MDVAE,
+        vq_audio: torch.nn.Module,
+        vq_visual: torch.nn.Module,
+        params: PreprocessParams,
+        device: str | torch.device = "cpu",
+        run: Any = None,
+    ) -> None:
+        self.mdvae = mdvae.eval()
+        self.vq_audio = vq_audio.eval()
+        self.vq_visual = vq_visual.eval()
+        self.params = params
+        self.device = torch.device(device)
+        self.run = run  # training.LoadedRun (None for models built in memory)
+        self._cropper = None
+        self._feature_mean: dict[str, np.ndarray] | None = None
+        d = mdvae.dims
+        if vq_audio.feature_dim != d.feat_a or vq_visual.feature_dim != d.feat_v:
+            raise ConfigError(
+                f"stage-1 features ({vq_audio.feature_dim}, {vq_visual.feature_dim}) do not "
+                f"match the MDVAE inputs ({d.feat_a}, {d.feat_v}): use the run's own VQ-VAEs"
+            )
+        if vq_visual.dims.image_size != params.face_size:
+            raise ConfigError(
+                f"visual VQ-VAE takes {vq_visual.dims.image_size}px faces but the corpus was "
+                f"cropped at {params.face_size}px: use matching runs"
+            )
+
+    # ------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls, run: str | os.PathLike[str], device: str | torch.device = "cpu", which: str = "best"
+    ) -> AVModel:
+        """Load an MDVAE run directory (or .pt) and the stage-1 checkpoints recorded in it."""
+        from avmdvae.training import load_run
+
+        path = Path(run)
+        if not path.exists():
+            raise ConfigError(f"model run {path} not found: pass the -o folder of `avmdvae train mdvae`")
+        loaded = load_run(path, which=which, device=device)
+        if loaded.kind != "mdvae":
+            raise ConfigError(
+                f"{path} is a {loaded.kind} run; manipulation needs an MDVAE run (`avmdvae train mdvae`)"
+            )
+        for m in ("audio", "visual"):
+            if m not in loaded.stage1:
+                raise ConfigError(
+                    f"{path} does not record its {m} VQ-VAE: retrain it with `avmdvae train mdvae`"
+                )
+            ck = Path(loaded.stage1[m]["checkpoint"])
+            if not ck.is_file():
+                raise ConfigError(
+                    f"stage-1 {m} checkpoint {ck} of {path} is missing: restore it at that path"
+                )
+        vq = loaded.stage1_models(device=device)
+        params = PreprocessParams.from_dict(loaded.corpus["params"])
+        return cls(loaded.model, vq["audio"], vq["visual"], params, device, run=loaded)  # type: ignore[arg-type]
+
+    @property
+    def fps(self) -> float:
+        return self.params.fps
+
+    @property
+    def seq_len(self) -> int:
+        return self.mdvae.dims.seq_len
+
+    # ------------------------------------------------------------------------------------ analysis
+    def cropper(self):  # noqa: ANN201 (FaceCropper)
+        if self._cropper is None:
+            from avmdvae.preprocess import make_cropper
+
+            self._cropper = make_cropper(self.params, device=str(self.device))
+        return self._cropper
+
+    def read(self, video: str | os.PathLike[str], progress: Progress = _noop) -> Clip:
+        """Decode a video, crop its face track and compute its spectrogram (the corpus pipeline).
+
+        Raises MediaError (no audio, unreadable, too short) or NoFaceError, one line each.
+        """
+        from avmdvae.layouts import SourceClip
+        from avmdvae.preprocess import process_clip
+
+        path = Path(video)
+        info = media.probe(path)  # MediaError for missing / unreadable files
+        if not info.has_audio:
+            raise MediaError(f"{path}: no audio track; the model needs the sound as well as the face")
+        total = max(1, int(round(info.duration * self.fps)))
+        name = f"analyse {path.name}"
+
+        class _Counting:  # wraps the cropper to report frames as they stream through it
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            def crop_clip(self, frames: Iterable[np.ndarray], **kw: Any) -> np.ndarray:
+                def counted() -> Iterator[np.ndarray]:
+                    for k, f in enumerate(frames):
+                        if k % 10 == 0:
+                            progress(name, k, total)
+                        yield f
+
+                return self.inner.crop_clip(counted(), **kw)
+
+        src = SourceClip(clip_id=path.stem, video=path, speaker="")
+        faces, power, _ = process_clip(src, self.params, _Counting(self.cropper()))  # type: ignore[arg-type]
+        progress(name, total, total)
+        audio = media.read_audio(path, sample_rate=self.params.sample_rate)
+        return Clip(faces, power, audio, self.fps, str(path))
+
+    def clip_from_arrays(
+        self,
+        faces: np.ndarray,
+        power: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        fps: float | None = None,
+    ) -> Clip:
+        """A Clip from arrays: faces (N,64,64,3) uint8 and power (N,513) and/or audio (S,)."""
+        fps = self.fps if fps is None else fps
+        if abs(fps - self.fps) > 1e-6:
+            raise ConfigError(
+                f"clip is at {fps:g} fps but the model was trained at {self.fps:g} fps: "
+                "resample the frames (media.iter_frames(fps=...)) first"
+            )
+        faces = np.asarray(faces)
+        s = self.params.face_size
+        if faces.ndim != 4 or faces.shape[1:] != (s, s, 3) or faces.dtype != np.uint8:
+            raise ConfigError(f"faces must be (N, {s}, {s}, 3) uint8, got {faces.shape} {faces.dtype}")
+        n = len(faces)
+        if audio is None and power is None:
+            raise ConfigError("give the audio waveform or its power spectrogram")
+        if audio is None:
+            audio = np.zeros(audio_mod.num_samples_for(n, fps), np.float32)
+        if power is None:
+            power = audio_mod.power_spectrogram(
+                torch.from_numpy(np.asarray(audio, np.float32)), fps=fps, n_frames=n
+            ).numpy()
+        if len(power) != n:
+            raise ConfigError(f"{n} face frames but {len(power)} spectrogram frames: they must match")
+        return Clip(faces, np.asarray(power, np.float32), np.asarray(audio, np.float32), fps)
+
+    # ------------------------------------------------------------------------------------ features
+    @torch.no_grad()
+    def features(self, clip: Clip, progress: Progress = _noop) -> tuple[np.ndarray, np.ndarray]:
+        """Stage-1 continuous features: (audio (N, Da), visual (N, Dv)) float32, computed in chunks."""
+        if abs(clip.fps - self.fps) > 1e-6:
+            raise ConfigError(
+                f"clip analysed at {clip.fps:g} fps but the model runs at {self.fps:g} fps: "
+                "analyse it with this model (AVModel.read)"
+            )
+        n = clip.n_frames
+        xa = _alloc(n, self.mdvae.dims.feat_a)
+        xv = _alloc(n, self.mdvae.dims.feat_v)
+        for a in range(0, n, CHUNK):
+            b = min(a + CHUNK, n)
+            p = torch.from_numpy(np.ascontiguousarray(clip.power[a:b], np.float32)).to(self.device)
+            f = torch.from_numpy(np.ascontiguousarray(clip.faces[a:b])).to(self.device)
+            xa[a:b] = self.vq_audio.feature(p).float().cpu().numpy()
+            xv[a:b] = self.vq_visual.feature(f).float().cpu().numpy()
+            progress("stage-1 encode", b, n)
+        return xa, xv
+
+    def feature_mean(self) -> dict[str, np.ndarray]:
+        """Mean stage-1 feature of each modality over the training corpus (cached); zeros without it."""
+        if self._feature_mean is not None:
+            return self._feature_mean
+        d = self.mdvae.dims
+        zeros = {"audio": np.zeros(d.feat_a, np.float32), "visual": np.zeros(d.feat_v, np.float32)}
+        run_dir = None
+        if self.run is not None:
+            run_dir = self.run.checkpoint.parent
+            cache = run_dir / FEATURE_MEAN_FILE
+            if cache.is_file():
+                with np.load(cache) as z:
+                    if str(z["sha256"]) == self.run.sha256:
+                        self._feature_mean = {"audio": z["audio"], "visual": z["visual"]}
+                        return self._feature_mean
+        means = self._corpus_feature_mean()
+        if means is None:
+            self._feature_mean = zeros
+            return zeros
+        self._feature_mean = means
+        if run_dir is not None and os.access(run_dir, os.W_OK):
+            with atomic_path(run_dir / FEATURE_MEAN_FILE) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, audio=means["audio"], visual=means["visual"], sha256=np.array(self.run.sha256))
+        return means
+
+    @torch.no_grad()
+    def _corpus_feature_mean(self) -> dict[str, np.ndarray] | None:
+        from avmdvae.corpus import Corpus
+        from avmdvae.errors import CorpusError
+
+        if self.run is None:
+            return None
+        try:
+            corpus = Corpus.open(self.run.corpus["path"])
+        except (CorpusError, OSError, KeyError):
+            return None
+        clips = corpus.split("train") or corpus.clips
+        if not clips:
+            return None
+        rng = np.random.default_rng(0)
+        per_clip = max(1, STATS_FRAMES // len(clips))
+        sa = np.zeros(self.mdvae.dims.feat_a, np.float64)
+        sv = np.zeros(self.mdvae.dims.feat_v, np.float64)
+        count = 0
+        for rec in clips:
+            idx = np.sort(rng.choice(rec.n_frames, min(per_clip, rec.n_frames), replace=False))
+            p = torch.from_numpy(np.asarray(corpus.spec(rec.clip_id)[idx], np.float32)).to(self.device)
+            f = torch.from_numpy(np.asarray(corpus.faces(rec.clip_id)[idx])).to(self.device)
+            sa += self.vq_audio.feature(p).double().sum(0).cpu().numpy()
+            sv += self.vq_visual.feature(f).double().sum(0).cpu().numpy()
+            count += len(idx)
+        return {"audio": (sa / count).astype(np.float32), "visual": (sv / count).astype(np.float32)}
+
+    # ------------------------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode_features(
+        self, xa: np.ndarray, xv: np.ndarray, chunk: int = CHAIN_CHUNK, progress: Progress = _noop
+    ) -> Latents:
+        """Posterior-mean latents of one clip's features (N, Da), (N, Dv); see the module docstring."""
+        m, dev = self.mdvae, self.device
+        n = len(xa)
+        if n == 0 or len(xv) != n:
+            raise ConfigError(
+                f"need the same number (>= 1) of audio and visual frames, got {len(xa)}, {len(xv)}"
+            )
+
+        def proj(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+            ea = m.proj_a(torch.from_numpy(np.ascontiguousarray(xa[a:b])).to(dev))
+            ev = m.proj_v(torch.from_numpy(np.ascontiguousarray(xv[a:b])).to(dev))
+            return ea, ev
+
+        # w: precision-weighted mean of per-window posteriors, windows batched CHUNK frames at a time
+        wins = _windows(n, self.seq_len)
+        t = wins[0][1] - wins[0][0]
+        per_batch = max(1, CHUNK // t)
+        num = torch.zeros(m.dims.w_dim, device=dev, dtype=torch.float64)
+        den = torch.zeros(m.dims.w_dim, device=dev, dtype=torch.float64)
+        for i in range(0, len(wins), per_batch):
+            group = wins[i : i + per_batch]
+            e = torch.stack([torch.cat(proj(a, b), -1) for a, b in group], 1)  # (T, B, Pa + Pv)
+            mean, logvar = m.static(e)
+            prec = torch.exp(-logvar.double())
+            num += (prec * mean.double()).sum(0)
+            den += prec.sum(0)
+            progress("encode w", min(i + per_batch, len(wins)), len(wins))
+        w = (num / den).float()[None]  # (1, Dw)
+
+        # dynamical chains: one causal pass over the clip, chunked with the state carried
+        d = m.dims
+        outs: list[list[torch.Tensor]] = [[], [], []]
+        state = None
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            ea, ev = proj(a, b)
+            ea, ev = ea[:, None], ev[:, None]  # (T, 1, P) time-major
+            eps = [torch.zeros(b - a, 1, z, device=dev) for z in (d.zav_dim, d.za_dim, d.zv_dim)]
+            ch = m.chains([torch.cat([ea, ev], -1), ea, ev], w, eps, state=state)
+            state = ch.state
+            for k in range(3):
+                outs[k].append(ch.z[k])
+            progress("encode z", b, n)
+        zav, za, zv = (torch.cat(o, 1) for o in outs)
+        return Latents(w, zav, za, zv)
+
+    def encode(
+        self,
+        clip: Clip,
+        drop: Modality | None = None,
+        impute_iters: int = 0,
+        chunk: int = CHAIN_CHUNK,
+        progress: Progress = _noop,
+    ) -> Latents:
+        """Clip -> Latents (batch 1). drop: infer everything from the other modality (module docstring)."""
+        xa, xv = self.features(clip, progress)
+        if drop is None:
+            return self.encode_features(xa, xv, chunk, progress)
+        if drop not in ("audio", "visual"):
+            raise ConfigError(f"--drop {drop!r}: use audio or visual")
+        target = xa if drop == "audio" else xv
+        target[:] = self.feature_mean()[drop]
+        lat = self.encode_features(xa, xv, chunk, progress)
+        for _ in range(impute_iters):
+            for a in range(0, clip.n_frames, CHUNK):
+                b = min(a + CHUNK, clip.n_frames)
+                fa, fv = self._decode_features(latents_slice(lat, a, b))
+                target[a:b] = (fa if drop == "audio" else fv)[0].cpu().numpy()
+            lat = self.encode_features(xa, xv, chunk, progress)
+        return lat
+
+    # ------------------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def _decode_features(self, lat: Latents) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (w (1, Dw) or per-frame (1, T, Dw)) -> feature means (1, T, Da), (1, T, Dv)."""
+        if lat.w.dim() == 3:  # per-frame w: decode frames as a batch of 1-frame sequences
+            t = lat.zav.shape[1]
+            per = Latents(
+                lat.w[0], lat.zav.reshape(t, 1, -1), lat.za.reshape(t, 1, -1), lat.zv.reshape(t, 1, -1)
+            )
+            fa, fv = self.mdvae.decode(per)
+            return fa.reshape(1, t, -1), fv.reshape(1, t, -1)
+        return self.mdvae.decode(lat)
+
+    @torch.no_grad()
+    def decode(self, lat: Latents, progress: Progress = _noop) -> Decoded:
+        """Latents (batch 1) -> faces (N, 64, 64, 3) uint8 and power spectrogram (N, 513), chunked."""
+        n = lat.zav.shape[1]
+        s = self.params.face_size
+        faces = np.empty((n, s, s, 3), np.uint8)
+        power = np.empty((n, self.vq_audio.dims.n_bins), np.float32)
+        for a in range(0, n, CHUNK):
+            b = min(a + CHUNK, n)
+            fa, fv = self._decode_features(latents_slice(lat, a, b))
+            power[a:b] = self.vq_audio.decode_feature(fa[0]).float().cpu().numpy()
+            img = self.vq_visual.decode_feature(fv[0]).float()  # (T, 3, 64, 64) in [0, 1]
+            faces[a:b] = img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            progress("decode", b, n)
+        return Decoded(faces, power)
+
+    # ------------------------------------------------------------------------------------ audio
+    def to_audio(
+        self,
+        power: np.ndarray,
+        phase_from: np.ndarray | None = None,
+        n_iter: int = audio_mod.GL_ITERS,
+        seed: int = 0,
+        progress: Progress = _noop,
+    ) -> np.ndarray:
+        """Waveform (S,) float32 with S = round(N * 16000 / fps), from a power spectrogram (N, 513).
+
+        phase_from: a waveform whose STFT phase is used (the input clip: `--phase source`); None:
+        fast Griffin-Lim (n_iter iterations, deterministic given `seed`). Long spectrograms are
+        inverted in GL_CHUNK-frame segments cross-faded over GL_OVERLAP frames (bounded memory).
+        """
+        power = np.asarray(power, np.float32)
+        n = len(power)
+        fps, sr = self.fps, self.params.sample_rate
+        total = audio_mod.num_samples_for(n, fps, sr)
+        out = np.zeros(total, np.float32)
+        gen = torch.Generator().manual_seed(seed)
+        name = "source phase" if phase_from is not None else "griffin-lim"
+        segs = _segments(n, GL_CHUNK, GL_OVERLAP)
+        if phase_from is not None:
+            padded = np.concatenate(
+                [np.zeros(audio_mod.HALF, np.float32), np.asarray(phase_from, np.float32)]
+            )
+        for i, (a, b) in enumerate(segs):
+            s0 = audio_mod.num_samples_for(a, fps, sr)
+            s1 = audio_mod.num_samples_for(b, fps, sr)
+            p = torch.from_numpy(power[a:b])
+            if phase_from is not None:
+                phase = _source_phase(padded, a, b, fps)
+                y = audio_mod.invert_with_phase(p, phase, fps=fps, num_samples=s1 - s0)
+            else:
+                y = audio_mod.griffin_lim(p, fps=fps, n_iter=n_iter, num_samples=s1 - s0, generator=gen)
+            y = y.numpy().astype(np.float32)
+            _crossfade_add(
+                out, y, s0, i > 0, i < len(segs) - 1, audio_mod.num_samples_for(GL_OVERLAP, fps, sr)
+            )
+            progress(name, i + 1, len(segs))
+        return np.clip(out, -1.0, 1.0)
+
+
+def _source_phase(padded: np.ndarray, a: int, b: int, fps: float) -> torch.Tensor:
+    """STFT phase (b - a, 513) of frames [a, b) of a waveform given zero-padded by HALF on the left.
+
+    Frame k is centred on sample round(k * sr / fps) of the clip, exactly as in `audio.stft`.
+    """
+    centers = audio_mod.frame_centers(b, fps)[a:]
+    lo, hi = int(centers[0]), int(centers[-1]) + audio_mod.N_FFT  # padded coordinates
+    seg = padded[lo:hi]
+    if len(seg) < hi - lo:
+        seg = np.concatenate([seg, np.zeros(hi - lo - len(seg), np.float32)])
+    idx = (centers - lo)[:, None] + torch.arange(audio_mod.N_FFT)[None, :]
+    win = torch.hann_window(audio_mod.N_FFT, periodic=True)
+    return torch.angle(torch.fft.rfft(torch.from_numpy(seg)[idx] * win, n=audio_mod.N_FFT))
+
+
+def _segments(n: int, length: int, overlap: int) -> list[tuple[int, int]]:
+    """[a, b) frame segments of at most `length` covering [0, n), consecutive ones sharing `overlap`."""
+    if n <= length:
+        return [(0, n)]
+    out, a = [], 0
+    while True:
+        b = min(a + length, n)
+        out.append((a, b))
+        if b == n:
+            return out
+        a = b - overlap
+
+
+def _crossfade_add(out: np.ndarray, y: np.ndarray, s0: int, fade_in: bool, fade_out: bool, ov: int) -> None:
+    """Add segment y at s0 with linear fades over `ov` samples at the shared borders."""
+    y = y[: len(out) - s0].copy()
+    ov = min(ov, len(y) // 2)
+    if ov > 0:
+        ramp = (np.arange(ov, dtype=np.float32) + 0.5) / ov
+        if fade_in:
+            y[:ov] *= ramp
+        if fade_out:
+            y[-ov:] *= ramp[::-1]
+    out[s0 : s0 + len(y)] += y
+
+
+def upscale(faces: np.ndarray, size: int) -> np.ndarray:
+    """(N, s, s, 3) uint8 -> (N, size, size, 3) uint8 by bicubic resampling (PIL)."""
+    from PIL import Image
+
+    if faces.shape[1] == size:
+        return faces
+    out = np.empty((len(faces), size, size, 3), np.uint8)
+    for i, f in enumerate(faces):
+        out[i] = np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def upscale_iter(faces: np.ndarray, size: int, chunk: int = 64) -> Iterator[np.ndarray]:
+    """Frames of `upscale`, one at a time (bounded memory for long clips)."""
+    for a in range(0, len(faces), chunk):
+        yield from upscale(faces[a : a + chunk], size)
+
+
+def hstack_iter(*streams: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for frames in zip(*streams, strict=True):
+        yield np.concatenate(frames, axis=1)
+
+
+__all__ = [
+    "AVModel",
+    "CHAIN_CHUNK",
+    "Clip",
+    "Decoded",
+    "FACTORS",
+    "Latents",
+    "Progress",
+    "hstack_iter",
+    "latents_slice",
+    "upscale",
+    "upscale_iter",
+]
