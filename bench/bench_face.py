@@ -7,12 +7,13 @@ medians of --repeats, in input frames per second:
   decode          media.iter_frames alone (PyAV, H.264 mp4 written by media.write_av)
   crop            FaceCropper().crop_clip on frames already in memory (detection + tracking + crops)
   decode+crop     FaceCropper().crop_clip(media.iter_frames(path)): what preprocessing pays for faces
-  full-res MTCNN  MTCNN(keep_all=True).detect on every full-resolution frame (reference)
+  full-res MTCNN  MTCNN(keep_all=True).detect on every full-resolution frame (reference, default
+                  facenet-pytorch settings, same torch thread count)
   crop/CPU-s      crop again, frames per CPU-second of this process (process_time): on a shared,
                   loaded machine this is what the face front end costs, independent of the load
 
-Usage: .venv/bin/python bench/bench_face.py [--frames 150] [--repeats 3] [--threads 2]
-       [--detect-max-side 400] [--min-face-size 20] [--detect-every 5]
+Usage: .venv/bin/python bench/bench_face.py [--frames 150] [--repeats 3] [--threads 1]
+       [--detect-max-side 320] [--min-face 0.15] [--detect-every 5]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image
 
 from avmdvae import media
 from avmdvae._torchvision_compat import load_mtcnn, uses_stand_in
-from avmdvae.face import FaceCropper
+from avmdvae.face import FaceCropper, _torch_threads
 
 PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "astronaut.png"
 
@@ -65,19 +66,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for detection (default: FaceCropper's, 1); also set globally")
     parser.add_argument("--reference-frames", type=int, default=6, help="frames for the full-res reference")
     parser.add_argument("--detect-max-side", type=int, default=None)
-    parser.add_argument("--min-face-size", type=int, default=None)
+    parser.add_argument("--min-face", type=float, default=None)
     parser.add_argument("--detect-every", type=int, default=None)
     parser.add_argument("--sizes", default="1080,720")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    kw = {k: v for k, v in (("detect_max_side", args.detect_max_side), ("min_face_size", args.min_face_size),
-                            ("detect_every", args.detect_every)) if v is not None}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kw = {k: v for k, v in (("detect_max_side", args.detect_max_side), ("min_face", args.min_face),
+                            ("detect_every", args.detect_every), ("threads", args.threads)) if v is not None}
     cropper = FaceCropper(**kw)
     reference = load_mtcnn()(keep_all=True)
-    print(f"torch threads {torch.get_num_threads()}, NMS stand-in {uses_stand_in()}, FaceCropper({kw}), "
+    threads = cropper.threads or torch.get_num_threads()
+    print(f"torch threads {threads}, NMS stand-in {uses_stand_in()}, FaceCropper({kw}), "
           f"{args.frames} frames, median of {args.repeats}")
     print("| input | decode | crop | decode+crop | full-res MTCNN | decode+crop / full-res | crop/CPU-s |")
     print("|---|---|---|---|---|---|---|")
@@ -93,8 +97,9 @@ def main() -> None:
             t_crop = timed(lambda f=frames: cropper.crop_clip(f), args.repeats)
             t_both = timed(lambda p=path: cropper.crop_clip(media.iter_frames(p)), args.repeats)
             ref = frames[: args.reference_frames]
-            reference.detect(ref[:1])
-            t_ref = timed(lambda r=ref: [reference.detect(f) for f in r], max(1, args.repeats // 2))
+            with _torch_threads(cropper.threads):  # same thread count as ours
+                reference.detect(ref[:1])
+                t_ref = timed(lambda r=ref: [reference.detect(f) for f in r], max(1, args.repeats // 2))
             fps_ref = len(ref) / t_ref
             cpu_crop = timed(lambda f=frames: cropper.crop_clip(f), args.repeats, time.process_time)
             print(f"| {width}x{height} | {n / t_decode:.0f} | {n / t_crop:.0f} | {n / t_both:.0f} | "

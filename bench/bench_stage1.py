@@ -4,7 +4,7 @@ A step is what avmdvae.training.loop does per batch: forward (encoder, EMA quant
 decoder, loss), backward, gradient clipping and an AdamW step. Both VQ-VAEs at their reference
 sizes (VisualVQVAEDims(), AudioVQVAEDims()) and the batch sizes of models/vqvae-*.yaml, fp32 and
 bf16 autocast, measured side by side in one process, interleaved, medians of --repeats. Also the
-frame-gathering rate of the memory-mapped corpus (FrameDataset.gather, what the loop's DataLoader
+frame-gathering rate (frames/s) of the memory-mapped corpus (FrameDataset.gather, what the loop's DataLoader
 calls) on a generated corpus, to show whether data loading can keep up.
 
     .venv/bin/python bench/bench_stage1.py [--repeats 5] [--steps 3] [--threads 2] [--device cpu]
@@ -41,21 +41,22 @@ def make_batch(modality: str, b: int, device: torch.device) -> torch.Tensor:
 
 def build(modality: str, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = (VisualVQVAE(VisualVQVAEDims()) if modality == "visual" else AudioVQVAE(AudioVQVAEDims())).to(device)
+    model = VisualVQVAE(VisualVQVAEDims()) if modality == "visual" else AudioVQVAE(AudioVQVAEDims())
+    model.to(device)
     model.train()
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
-def step_time(model, opt, x: torch.Tensor, precision: str, steps: int, device: torch.device) -> float:
-    """Seconds per training step (mean over `steps` consecutive steps)."""
+def step_time(
+    model, opt, x: torch.Tensor, precision: str, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per training step, mean over `steps` consecutive steps."""
     ctx = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(steps):
         with ctx:
             loss, _ = model.loss(x)
@@ -65,7 +66,7 @@ def step_time(model, opt, x: torch.Tensor, precision: str, steps: int, device: t
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+    return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 
 def gather_rate(repeats: int) -> dict[str, float]:
@@ -84,7 +85,7 @@ def gather_rate(repeats: int) -> dict[str, float]:
             ds = FrameDataset(corpus, "train", m)
             perm = epoch_permutation(len(ds), 0, 0)
             times = []
-            for r in range(repeats):
+            for _ in range(repeats):
                 t = time.perf_counter()
                 n = 0
                 for b in range(0, len(ds) - BATCH[m] + 1, BATCH[m]):
@@ -110,20 +111,22 @@ def main() -> None:
         x = make_batch(m, BATCH[m], device)
         step_time(model, opt, x, "fp32", 1, device)  # warm-up (also initialises the codebook)
         setups[m] = (model, opt, x)
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):  # interleaved: load changes hit every configuration alike
         for m, (model, opt, x) in setups.items():
             for precision in ("fp32", "bf16"):
-                times.setdefault((m, precision), []).append(step_time(model, opt, x, precision, args.steps, device))
+                t = step_time(model, opt, x, precision, args.steps, device)
+                times.setdefault((m, precision), []).append(t)
     print(f"torch {torch.__version__}, {args.threads} threads, device {device}, medians of {args.repeats}")
-    print("| VQ-VAE (reference size) | batch | precision | step time | frames/s |")
-    print("|---|---|---|---|---|")
+    print("| VQ-VAE (reference size) | batch | precision | step time | frames/s | frames per CPU-s |")
+    print("|---|---|---|---|---|---|")
     for (m, precision), ts in times.items():
-        t = statistics.median(ts)
-        print(f"| {m} | {BATCH[m]} | {precision} | {t * 1000:.0f} ms | {BATCH[m] / t:.0f} |")
-    rates = gather_rate(args.repeats)
-    for m, r in rates.items():
-        print(f"| FrameDataset.gather {m} (memory-mapped, random batches of {BATCH[m]}) | | | | {r:.0f} |")
+        wall = statistics.median(t[0] for t in ts)
+        cpu = statistics.median(t[1] for t in ts)
+        rates = f"{BATCH[m] / wall:.0f} | {BATCH[m] / cpu:.0f}"
+        print(f"| {m} | {BATCH[m]} | {precision} | {wall * 1000:.0f} ms | {rates} |")
+    for m, r in gather_rate(args.repeats).items():
+        print(f"| FrameDataset.gather {m} (memory-mapped, random batches of {BATCH[m]}) | | | | {r:.0f} | |")
 
 
 if __name__ == "__main__":

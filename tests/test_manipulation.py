@@ -73,7 +73,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
             clips.append(SourceClip(f"s{s}_{j}", p, f"s{s}", "neutral", 1, split="validation" if j == 3 else "train"))
     params = PreprocessParams(detector="none")
     corpus = root / "corpus"
-    report = run_batch(Discovery("folder", root / "videos", clips), corpus, params)
+    report = run_batch(Discovery("folder", root / "videos", clips), corpus, params, workers=1)
     assert report.done == len(clips)
     runs = {}
     for m in ("audio", "visual"):

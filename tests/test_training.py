@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +138,7 @@ def test_config_yaml_overrides_and_types(tmp_path):
     assert apply_overrides(defaults("mdvae"), ["train.epochs=7"])["train"]["epochs"] == 7
     for bad, what in [
         (["train.lrr=1"], "unknown config key 'train.lrr'"),
-        (["train.epochs=two"], "must be a int"),
+        (["train.epochs=two"], "must be of type int"),
         (["train.precision=fp8"], "train.precision"),
         (["model.n_codes=0"], "positive"),
         (["nonsense"], "bad override"),
@@ -299,9 +298,7 @@ def test_load_run_of_stage2_and_stage1_hash_check(corpus, stage1, tmp_path):
     with torch.no_grad():
         lat = loaded.model.encode(vq.feature(x))
         assert lat.z.shape == (2, loaded.config["model"]["seq_len"], 5)
-    copy = tmp_path / "vq-copy"
-    shutil.copytree(stage1["visual"], copy)
-    torch.save({"tampered": torch.zeros(1)}, copy / "junk.pt")
+    # a stage-1 checkpoint that changed after stage 2 was trained is refused
     loaded.stage1["visual"] = {**ref, "sha256": "0" * 64}
     with pytest.raises(ConfigError, match="sha256 differs"):
         loaded.stage1_models()

@@ -188,5 +188,5 @@ def selectivity(matrix: Mapping[str, Mapping[str, float]], latent: str) -> float
 
 
 __all__ = ["FACTORS", "FACTOR_NAMES", "Factor", "LATENTS", "available_factors", "clip_label", "f0_contour",
-           "factor", "frame_targets", "owned", "resample_index", "selectivity", "swap_score", "transfer_class",
-           "transfer_regression"]
+           "factor", "frame_targets", "owned", "resample_index", "selectivity", "swap_score",
+           "transfer_class", "transfer_regression"]

@@ -206,7 +206,7 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Separable 'valid' Gaussian filter of every map: (..., H, W) -> (..., H-k+1, W-k+1).
 
     Written as two products with banded matrices, Mh @ X @ Mw^T: on CPU this is several times
-    faster than a grouped conv2d in float64 (and float64 keeps var = E[x^2] - mu^2 exact enough).
+    faster than a grouped conv2d.
     """
     mh, mw = _band(x.shape[-2], g), _band(x.shape[-1], g)
     return mh @ x @ mw.T
@@ -222,19 +222,22 @@ def ssim_frames(a: ArrayLike, b: ArrayLike, data_range: float | None = None,
     averaged over positions and channels. Images smaller than the window use a window of their size.
     """
     rng = float(data_range) if data_range is not None else _default_range(a)
-    x_all, y_all = _images(a, channels_last), _images(b, channels_last)
+    # float32 on data scaled to [0, 1] (C1, C2 scaled alike): var = E[x^2] - mu^2 then has absolute
+    # errors ~1e-7, far below C2 = 9e-4, at twice the speed of float64.
+    x_all = (_images(a, channels_last) / rng).float()
+    y_all = (_images(b, channels_last) / rng).float()
     _check_same(x_all, y_all)
     size = min(SSIM_WIN, x_all.shape[-1], x_all.shape[-2])
-    g = _gaussian_window(size, SSIM_SIGMA)
-    c1, c2 = (SSIM_K1 * rng) ** 2, (SSIM_K2 * rng) ** 2
+    g = _gaussian_window(size, SSIM_SIGMA).float()
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
     out = []
     for s in range(0, x_all.shape[0], _SSIM_CHUNK):
         x, y = x_all[s:s + _SSIM_CHUNK], y_all[s:s + _SSIM_CHUNK]
-        # One conv over the five maps x, y, x^2, y^2, xy stacked along channels.
+        # One pair of matrix products for the five maps x, y, x^2, y^2, xy stacked together.
         mx, my, exx, eyy, exy = _blur(torch.stack([x, y, x * x, y * y, x * y]), g).unbind(0)
         vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
         s_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        out.append(s_map.flatten(1).mean(1))
+        out.append(s_map.flatten(1).double().mean(1))
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 

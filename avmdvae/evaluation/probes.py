@@ -141,7 +141,8 @@ def learning_curve(x: np.ndarray, y: Sequence[Any], groups: Sequence[Any], ks: S
     return {"points": points, "classes": classes.tolist(), "chance": 1.0 / len(classes), "draws": draws}
 
 
-def _folds(n: int, groups: np.ndarray | None, y: np.ndarray | None, folds: int, seed: int) -> list[np.ndarray]:
+def _folds(n: int, groups: np.ndarray | None, y: np.ndarray | None, folds: int,
+           seed: int) -> list[np.ndarray]:
     """Test-index arrays: grouped (speaker-disjoint) when groups has >= 2 values, else stratified/random."""
     rng = np.random.default_rng(seed)
     if groups is not None and len(np.unique(groups)) >= 2:
@@ -229,7 +230,8 @@ def probe_regression(x: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None 
           for j in range(y2.shape[1])]
     finite = [v for v in r2 if np.isfinite(v)]
     mean = float(np.mean(finite)) if finite else float("nan")
-    return {"r2": r2, "r2_mean": mean, "informativeness": float(np.clip(mean, 0, 1)) if finite else float("nan")}
+    info = float(np.clip(mean, 0, 1)) if finite else float("nan")
+    return {"r2": r2, "r2_mean": mean, "informativeness": info}
 
 
 __all__ = ["ClassProbe", "KS", "fit_classifier", "fit_regressor", "learning_curve", "probe_classification",

@@ -101,11 +101,12 @@ class UniModel:
         from avmdvae.training import load_run
 
         if not Path(run).exists():
-            raise ConfigError(f"--dsae-{modality} {run} not found: pass the -o folder of `avmdvae train dsae`")
+            raise ConfigError(f"--dsae-{modality} {run} not found: pass the -o folder of "
+                              "`avmdvae train dsae`")
         loaded = load_run(run, device=device)
         if loaded.kind != "dsae" or loaded.modality != modality:
-            raise ConfigError(f"--dsae-{modality} {run} is a {loaded.kind} {loaded.modality or ''} run: pass a "
-                              f"`avmdvae train dsae --modality {modality}` run")
+            raise ConfigError(f"--dsae-{modality} {run} is a {loaded.kind} {loaded.modality or ''} run: "
+                              f"pass a `avmdvae train dsae --modality {modality}` run")
         vq = loaded.stage1_models(device=device)[modality]
         return cls(loaded.model, vq, modality, loaded.stage1[modality]["sha256"], device)
 
@@ -221,7 +222,8 @@ class Evaluator:
     def _test_clips(self) -> list[ClipRecord]:
         clips = self.corpus.split("test")
         if not clips:
-            raise ConfigError(f"corpus {self.corpus.root} has no test split: preprocess with test_fraction > 0")
+            raise ConfigError(f"corpus {self.corpus.root} has no test split: preprocess it with a "
+                              "test fraction > 0")
         return self._subset(clips)
 
     def reference_audio(self, rec: ClipRecord) -> tuple[np.ndarray, str]:
@@ -267,7 +269,8 @@ class Evaluator:
         for m, uni in self.dsae.items():
             run = self.model.run
             same = run is not None and run.stage1.get(m, {}).get("sha256") == uni.stage1_sha
-            own = (xa if m == "audio" else xv) if same else uni.features(clip.power if m == "audio" else clip.faces)
+            src = clip.power if m == "audio" else clip.faces
+            own = (xa if m == "audio" else xv) if same else uni.features(src)
             dl = uni.encode(own)
             code.dsae[m] = {"w": dl.w[0].cpu().numpy(), "z": dl.z[0].cpu().numpy()}
         self._codes[rec.clip_id] = code
@@ -281,7 +284,8 @@ class Evaluator:
         return out
 
     # ------------------------------------------------------------------------------------ resynth
-    def _audio_scores(self, ref_wave: np.ndarray, ref_power: np.ndarray, power: np.ndarray) -> dict[str, float]:
+    def _audio_scores(self, ref_wave: np.ndarray, ref_power: np.ndarray,
+                      power: np.ndarray) -> dict[str, float]:
         m = self.model
         out = {"lsd_db": M.log_spectral_distance(ref_power, power)}
         for variant, phase in (("griffin_lim", None), ("source_phase", ref_wave)):
@@ -338,7 +342,8 @@ class Evaluator:
 
     def emotion(self) -> dict[str, Any]:
         """Few-label linear probes of emotion category and intensity, speaker-disjoint."""
-        clips = self._subset([c for c in self.corpus.clips if c.emotion is not None or c.intensity is not None])
+        labelled = [c for c in self.corpus.clips if c.emotion is not None or c.intensity is not None]
+        clips = self._subset(labelled)
         if not clips:
             raise ConfigError("no clip of the corpus has an emotion label: the emotion task needs a labelled "
                               "corpus (MEAD, RAVDESS, or `avmdvae synth`)")
@@ -368,8 +373,8 @@ class Evaluator:
     def _truth_clips(self) -> list[ClipRecord]:
         clips = [c for c in self.corpus.clips if (self.corpus.clip_dir(c.clip_id) / "truth.npz").is_file()]
         if not clips:
-            raise ConfigError(f"corpus {self.corpus.root} has no ground truth (truth.npz): the disentangle task "
-                              "needs a synthetic corpus (`avmdvae synth`, then `avmdvae preprocess`)")
+            raise ConfigError(f"corpus {self.corpus.root} has no ground truth (truth.npz): the disentangle "
+                              "task needs a synthetic corpus (`avmdvae synth`, then `avmdvae preprocess`)")
         return self._subset(clips)
 
     def _stage1_x(self, codes: list[ClipCode], modality: str, per_frame: bool) -> np.ndarray:
@@ -404,7 +409,8 @@ class Evaluator:
                     if len(set(y)) < 2:
                         res: dict[str, Any] = {"informativeness": float("nan"), "skipped": "one class only"}
                     else:
-                        res = probes.probe_classification(x, y, groups, self.opt.folds, self.opt.seed).to_dict()
+                        res = probes.probe_classification(x, y, groups, self.opt.folds,
+                                                          self.opt.seed).to_dict()
                     matrix[r][f.name] = res["informativeness"]
                     detail[r][f.name] = res
                     done += 1
@@ -544,7 +550,8 @@ class Evaluator:
                         vals.append(float(max(e, key=e.get) == dis.clip_label(c.truth, f)))  # type: ignore[arg-type]
                     else:
                         y = dis.frame_targets(c.truth, f, c.rec.n_frames)  # type: ignore[arg-type]
-                        vals.append(np.nanmean([probes.r2_score(y[:, j], e[:, j]) for j in range(y.shape[1])]))
+                        r2 = [probes.r2_score(y[:, j], e[:, j]) for j in range(y.shape[1])]
+                        vals.append(float(np.nanmean(r2)))
                 quality[f.name] = {"metric": "accuracy" if f.kind == "class" else "r2", **stats(vals)}
             trials: dict[str, list[dict[str, float]]] = {k: [] for k in ("none", *dis.LATENTS)}
             m = self.model
@@ -559,7 +566,8 @@ class Evaluator:
                 self.progress("swap test", p + 1, len(pairs))
             names = [f.name for f in factors]
             out["swap"] = {"pairs": len(pairs), "estimator_quality": quality,
-                           "latents": {k: dis.swap_score(v, k, names) for k, v in trials.items() if k != "none"},
+                           "latents": {k: dis.swap_score(v, k, names) for k, v in trials.items()
+                                       if k != "none"},
                            "control_no_swap": dis.swap_score(trials["none"], "none", names)}
         out["summary"] = {
             k: {"swap_score": out["swap"].get("latents", {}).get(k, {}).get("score", float("nan")),
@@ -635,7 +643,8 @@ class Evaluator:
             conditions.append({"noise": str(spec), "modality": spec.modality, "kind": spec.kind,
                                "level": spec.value,
                                "systems": {s: {k: stats(v) for k, v in d.items()} for s, d in per.items()}})
-        return {"clips": len(clips), "split": "test", "reference_audio": sorted(how), "conditions": conditions,
+        return {"clips": len(clips), "split": "test", "reference_audio": sorted(how),
+                "conditions": conditions,
                 "audio_output": "decoded power spectrogram with the noisy input's phase"}
 
     # ------------------------------------------------------------------------------------ all

@@ -137,7 +137,7 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     elif isinstance(default, dict):
         if isinstance(value, dict):
             return merge(default, value, prefix=f"{key}.")
-    raise ConfigError(f"config key {key} must be a {type(default).__name__}, got {value!r}")
+    raise ConfigError(f"config key {key} must be of type {type(default).__name__}, got {value!r}")
 
 
 def merge(base: dict[str, Any], updates: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -277,4 +277,4 @@ def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def to_yaml(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
