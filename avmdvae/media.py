@@ -386,7 +386,9 @@ def write_av_stream(path: str | os.PathLike[str], frames: Iterable[np.ndarray], 
         vs = c.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.codec_context.time_base = 1 / rate
-        vs.options = {"crf": "18", "preset": "fast"}
+        # mbtree off: x264's macroblock-tree rate control made the same frames encode to different
+        # bytes from run to run (measured with PyAV 18); without it the output is reproducible.
+        vs.options = {"crf": "18", "preset": "fast", "mbtree": "0"}
         as_ = None
         if audio is not None:
             as_ = c.add_stream("aac", rate=sample_rate, layout="mono")

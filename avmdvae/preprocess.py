@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -53,7 +55,10 @@ INDEX_EVERY_S = 60.0
 # Torch threads per preprocessing process. MTCNN is many small ops: on a busy 2-core machine one thread
 # spent 18 ms of CPU per 320x180 detection frame and two threads 140-230 ms (they wait on each other).
 # Parallelism comes from --workers instead: one clip per process, one torch thread each.
-TORCH_THREADS = 1  # rebuild manifest.csv / skipped.jsonl at least this often during a batch
+TORCH_THREADS = 1
+# Decoded frames queued ahead of the face cropper by the decoding thread (see `prefetch`): enough to
+# cover one detection batch (face.CHUNK_FRAMES = 30), ~20 MB at 640x360.
+PREFETCH_FRAMES = 32  # rebuild manifest.csv / skipped.jsonl at least this often during a batch
 
 
 @dataclass
@@ -144,6 +149,54 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def prefetch(it: Iterator[Any], depth: int = PREFETCH_FRAMES) -> Iterator[Any]:
+    """Run iterator `it` in a background thread, `depth` items ahead of the consumer.
+
+    Decoding (PyAV) and detection (torch) both release the GIL, so a clip's decode overlaps with its
+    face detection and cropping when a core is free. Exceptions are re-raised in the consumer; if the
+    consumer stops early, the thread stops too.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in it:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # handed to the consumer
+            put(("error", e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None and stop.is_set():
+                close()
+
+    t = threading.Thread(target=run, name="avmdvae-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "item":
+                yield x
+            elif kind == "end":
+                return
+            else:
+                raise x
+    finally:
+        stop.set()
+        t.join()
+
+
 def check_params(params: PreprocessParams) -> None:
     if params.sample_rate != audio_mod.SAMPLE_RATE or params.n_fft != audio_mod.N_FFT:
         raise ConfigError(f"this avmdvae computes spectrograms at {audio_mod.SAMPLE_RATE} Hz with n_fft="
@@ -181,7 +234,7 @@ def process_clip(src: SourceClip, params: PreprocessParams, cropper: FaceCropper
     if 0 < video_s < (1.0 - 1e-3) / params.fps:
         raise MediaError(f"{src.video}: clip is shorter than one model frame ({video_s * 1000:.0f} ms < "
                          f"{1000 / params.fps:.1f} ms at {params.fps:g} fps); nothing to learn from it")
-    frames = media.iter_frames(src.video, fps=params.fps, max_side=work_max_side)
+    frames = prefetch(media.iter_frames(src.video, fps=params.fps, max_side=work_max_side))
     faces = cropper.crop_clip(frames, fps=params.fps, source=str(src.video))
     if len(faces) == 0:
         raise MediaError(f"{src.video}: no video frames; the file is empty or truncated")

@@ -109,7 +109,8 @@ def test_ssim_identical_is_one_noisy_is_lower_and_matches_a_direct_implementatio
 
 
 # ------------------------------------------------------------------------------------------- probes
-def _planted(n_spk: int = 6, per: int = 12, classes: int = 4, dim: int = 10, signal: float = 3.0, seed: int = 0):
+def _planted(n_spk: int = 6, per: int = 12, classes: int = 4, dim: int = 10, signal: float = 3.0,
+             seed: int = 0):
     rng = np.random.default_rng(seed)
     y = np.tile(np.arange(classes), n_spk * per // classes + 1)[: n_spk * per]
     groups = np.repeat(np.arange(n_spk), per)
@@ -219,7 +220,12 @@ def synth_env(tmp_path_factory):
     """A 16-clip synthetic corpus with ground truth and source audio, tiny VQ-VAEs, MDVAE and DSAEs."""
     from avmdvae import audio as audio_mod
     from avmdvae.synth.factors import (
-        STREAM_RENDER, STREAM_SPEECH, ClipSpec, make_sentence, make_speaker, make_timeline,
+        STREAM_RENDER,
+        STREAM_SPEECH,
+        ClipSpec,
+        make_sentence,
+        make_speaker,
+        make_timeline,
     )
     from avmdvae.synth.render import render_clip
     from avmdvae.synth.speech import synthesize
@@ -250,9 +256,11 @@ def synth_env(tmp_path_factory):
     vq = {}
     for m in ("audio", "visual"):
         vq[m] = root / f"vq-{m}"
-        train(VQVAETask(corpus, m, resolve("vqvae", m, TINY / f"vqvae-{m}.yaml", ["train.epochs=2"])), vq[m], quiet)
+        cfg = resolve("vqvae", m, TINY / f"vqvae-{m}.yaml", ["train.epochs=2"])
+        train(VQVAETask(corpus, m, cfg), vq[m], quiet)
     run = root / "mdvae"
-    train(MDVAETask(corpus, vq["audio"], vq["visual"], resolve("mdvae", None, TINY / "mdvae.yaml", [])), run, quiet)
+    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", [])
+    train(MDVAETask(corpus, vq["audio"], vq["visual"], cfg), run, quiet)
     dsae = {}
     for m in ("audio", "visual"):
         dsae[m] = root / f"dsae-{m}"
@@ -260,23 +268,24 @@ def synth_env(tmp_path_factory):
     return {"root": root, "corpus": corpus, "run": run, "dsae": dsae}
 
 
+@pytest.mark.slow  # ~1-3 min on a 2-core machine (fixture training + PESQ on 4 test clips)
 def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
     out = tmp_path / "report"
     e = synth_env
     r = CliRunner().invoke(app, [
         "eval", str(e["run"]), str(e["corpus"]), "-o", str(out), "--quiet",
         "--dsae-audio", str(e["dsae"]["audio"]), "--dsae-visual", str(e["dsae"]["visual"]),
-        "--draws", "2", "--ks", "1,2", "--swap-pairs", "3", "--gl-iters", "4",
+        "--draws", "2", "--ks", "1,2", "--swap-pairs", "3", "--gl-iters", "4", "--max-test-clips", "2",
         "--noise", "audio:white:5", "--noise", "visual:gaussian:0.1", "--noise", "visual:occlude:mouth",
     ])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["skipped"] == {}
-    for f in ("report.md", "resynth.png", "emotion_learning_curve.png", "factor_matrix.png", "swap_scores.png",
-              "denoise_audio.png", "denoise_visual.png"):
+    for f in ("report.md", "resynth.png", "emotion_learning_curve.png", "factor_matrix.png",
+              "swap_scores.png", "denoise_audio.png", "denoise_visual.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rs = rep["resynth"]
-    assert rs["clips"] == 4 and rs["reference_audio"] == ["source media"]
+    assert rs["clips"] == 2 and rs["reference_audio"] == ["source media"]
     assert set(rs["systems"]) == {"spectrogram (no model)", "VQ-VAE", "VQ-MDVAE", "VQ-DSAE-audio",
                                   "VQ-DSAE-visual"}
     assert 0 < rs["systems"]["VQ-MDVAE"]["ssim"]["mean"] <= 1
@@ -294,17 +303,20 @@ def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
     assert {"swap_score", "selectivity"} == set(d["summary"]["w"])
     dn = rep["denoise"]["conditions"]
     assert [c["noise"] for c in dn] == ["audio:white:5.0", "visual:gaussian:0.1", "visual:occlude:mouth"]
-    assert {"corrupted input", "VQ-MDVAE", "VQ-MDVAE (drop)", "VQ-VAE", "VQ-DSAE-audio"} == set(dn[0]["systems"])
+    expect = {"corrupted input", "VQ-MDVAE", "VQ-MDVAE (drop)", "VQ-VAE", "VQ-DSAE-audio"}
+    assert set(dn[0]["systems"]) == expect
     assert dn[1]["systems"]["corrupted input"]["psnr"]["mean"] < 25  # sigma 0.1 -> ~20 dB
     md = (out / "report.md").read_text()
     assert "## Resynthesis" in md and "## Disentanglement" in md and "![factor_matrix.png]" in md
 
 
+@pytest.mark.slow  # shares the trained fixture
 def test_eval_errors_are_one_line(synth_env, tmp_path):
     e = synth_env
-    r = CliRunner().invoke(app, ["eval", str(e["run"]), str(e["corpus"]), "-o", str(tmp_path), "--tasks", "bogus"])
+    out = str(tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(e["run"]), str(e["corpus"]), "-o", out, "--tasks", "bogus"])
     assert r.exit_code == 2 and "choose from" in r.output
-    r = CliRunner().invoke(app, ["eval", str(e["dsae"]["audio"]), str(e["corpus"]), "-o", str(tmp_path), "-q"])
+    r = CliRunner().invoke(app, ["eval", str(e["dsae"]["audio"]), str(e["corpus"]), "-o", out, "-q"])
     assert r.exit_code == 2 and "MDVAE run" in r.output
     r = CliRunner().invoke(app, ["eval", str(e["run"]), str(e["corpus"]), "-o", str(tmp_path), "-q",
                                  "--noise", "audio:pink:3"])

@@ -3,6 +3,7 @@ corpus (avmdvae.synth speakers and sentences -> mp4 -> preprocess -> train vqvae
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from avmdvae.manipulation.sheets import SheetRow, write_sheet
 from avmdvae.manipulation.swap import combine, interpolate, stretch
 from avmdvae.models.mdvae import Latents
 from avmdvae.preprocess import run_batch
-from avmdvae.synth.factors import STREAM_RENDER, STREAM_SPEECH, ClipSpec, make_sentence, make_speaker, make_timeline
+from avmdvae.synth.factors import (
+    STREAM_RENDER,
+    STREAM_SPEECH,
+    ClipSpec,
+    make_sentence,
+    make_speaker,
+    make_timeline,
+)
 from avmdvae.synth.render import render_clip
 from avmdvae.synth.speech import synthesize
 from avmdvae.training.config import resolve
@@ -59,28 +67,55 @@ def _synth_video(path: Path, speaker: int, sentence: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
-    root = tmp_path_factory.mktemp("manip")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    # One torch thread: on these shared 2-core machines multithreaded tiny ops are ~30x slower when
+    # the CPU is oversubscribed (spin-waiting), and tiny models gain nothing from threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _build_env(tmp_path_factory.mktemp("manip"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_env(env: Env) -> Iterator[Env]:
+    """The same corpus with longer training (for the slow tests that judge what the model learnt)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _build_env(env.root.parent / "manip-trained", videos_from=env, vq_epochs=12, md_epochs=40)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_env(root: Path, videos_from: Env | None = None, vq_epochs: int = 4, md_epochs: int = 6) -> Env:
     torch.manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
     videos = {}
     clips = []
     for s in range(N_SPEAKERS):
         for j in SENTENCES:
-            p = root / "videos" / f"s{s}" / f"{j}.mp4"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            _synth_video(p, s, j)
+            if videos_from is not None:
+                p = videos_from.videos[(s, j)]
+            else:
+                p = root / "videos" / f"s{s}" / f"{j}.mp4"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                _synth_video(p, s, j)
             videos[(s, j)] = p
-            clips.append(SourceClip(f"s{s}_{j}", p, f"s{s}", "neutral", 1, split="validation" if j == 3 else "train"))
+            clips.append(
+                SourceClip(f"s{s}_{j}", p, f"s{s}", "neutral", 1, split="validation" if j == 3 else "train")
+            )
     params = PreprocessParams(detector="none")
     corpus = root / "corpus"
-    report = run_batch(Discovery("folder", root / "videos", clips), corpus, params, workers=1)
+    report = run_batch(Discovery("folder", clips[0].video.parents[1], clips), corpus, params, workers=1)
     assert report.done == len(clips)
     runs = {}
     for m in ("audio", "visual"):
-        cfg = resolve("vqvae", m, TINY / f"vqvae-{m}.yaml", ["train.epochs=4"])
+        cfg = resolve("vqvae", m, TINY / f"vqvae-{m}.yaml", [f"train.epochs={vq_epochs}"])
         runs[m] = root / f"vq-{m}"
         train(VQVAETask(corpus, m, cfg), runs[m], QUIET)
-    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", ["train.epochs=6"])
+    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", [f"train.epochs={md_epochs}"])
     run = root / "mdvae"
     train(MDVAETask(corpus, runs["audio"], runs["visual"], cfg), run, QUIET)
     return Env(root, videos, corpus, run, AVModel.load(run))
@@ -101,7 +136,13 @@ def _probe_av(path: Path) -> tuple[int, float, float]:
 def test_noise_specs_parse_and_fail_in_one_line() -> None:
     assert noise_mod.parse_noise("audio:white:5").value == 5.0
     assert noise_mod.parse_noise("visual:occlude:mouth").value == "mouth"
-    for bad in ("audio:white", "audio:pink:3", "visual:gaussian:x", "visual:occlude:nose", "visual:gaussian:3"):
+    for bad in (
+        "audio:white",
+        "audio:pink:3",
+        "visual:gaussian:x",
+        "visual:occlude:nose",
+        "visual:gaussian:3",
+    ):
         with pytest.raises(ConfigError) as e:
             noise_mod.parse_noise(bad)
         assert "\n" not in str(e.value)
@@ -113,7 +154,9 @@ def test_audio_noise_hits_the_requested_snr() -> None:
     speech = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     for spec in ("audio:white:5", "audio:babble:0"):
         s = noise_mod.parse_noise(spec)
-        voices = [rng.standard_normal(8000).astype(np.float32) for _ in range(3)] if s.kind == "babble" else None
+        voices = (
+            [rng.standard_normal(8000).astype(np.float32) for _ in range(3)] if s.kind == "babble" else None
+        )
         noisy = noise_mod.add_audio_noise(speech, s, rng, voices)
         snr = 10 * np.log10(np.mean(speech**2) / np.mean((noisy - speech) ** 2))
         assert abs(snr - float(s.value)) < 0.2
@@ -152,8 +195,12 @@ def test_stretch_and_loop_lengths() -> None:
 
 def test_combine_takes_named_factors_and_fits_length() -> None:
     def lat(n: int, v: float) -> Latents:
-        return Latents(torch.full((1, 6), v), torch.full((1, n, 4), v), torch.full((1, n, 3), v),
-                       torch.full((1, n, 2), v))
+        return Latents(
+            torch.full((1, 6), v),
+            torch.full((1, n, 4), v),
+            torch.full((1, n, 3), v),
+            torch.full((1, n, 2), v),
+        )
 
     a, b = lat(10, 0.0), lat(7, 1.0)
     out = combine(a, b, ["w", "zv"])
@@ -169,7 +216,9 @@ def test_combine_takes_named_factors_and_fits_length() -> None:
 def test_sheet_png(tmp_path: Path) -> None:
     faces = np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
     power = np.random.default_rng(1).random((20, 513)).astype(np.float32)
-    write_sheet(tmp_path / "s.png", [SheetRow("a", faces, power), SheetRow("b", faces, None)], n_frames=4, face_px=32)
+    write_sheet(
+        tmp_path / "s.png", [SheetRow("a", faces, power), SheetRow("b", faces, None)], n_frames=4, face_px=32
+    )
     img = np.asarray(Image.open(tmp_path / "s.png"))
     assert img.shape[1] == 4 * 32 + 8 and img.shape[2] == 3
     assert not list(tmp_path.glob(".*tmp*"))  # atomic write left nothing behind
@@ -189,8 +238,23 @@ def test_resynth_cli_writes_valid_mp4_with_audio(env: Env, tmp_path: Path) -> No
     n_in = len(env.model.read(video).faces)
     out = tmp_path / "r.mp4"
     sheet = tmp_path / "r.png"
-    res = CliRunner().invoke(app, ["resynth", str(video), "--model", str(env.run), "-o", str(out), "--sheet",
-                                   str(sheet), "--side-by-side", "-q", "--gl-iters", "8"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "resynth",
+            str(video),
+            "--model",
+            str(env.run),
+            "-o",
+            str(out),
+            "--sheet",
+            str(sheet),
+            "--side-by-side",
+            "-q",
+            "--gl-iters",
+            "8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     n, vs, as_ = _probe_av(out)
     assert n == n_in and abs(as_ - vs) < 0.03
@@ -198,8 +262,21 @@ def test_resynth_cli_writes_valid_mp4_with_audio(env: Env, tmp_path: Path) -> No
     assert (info.width, info.height) == (512, 256)  # input | reconstruction, each upscaled to 256
     assert sheet.is_file()
     out2 = tmp_path / "native.mp4"
-    res = CliRunner().invoke(app, ["resynth", str(video), "-m", str(env.run), "-o", str(out2), "--native-size",
-                                   "--phase", "source", "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "resynth",
+            str(video),
+            "-m",
+            str(env.run),
+            "-o",
+            str(out2),
+            "--native-size",
+            "--phase",
+            "source",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (media.probe(out2).width, media.probe(out2).height) == (64, 64)
     assert _probe_av(out2)[0] == n_in
@@ -210,7 +287,7 @@ def test_source_phase_resynthesis_of_the_input_power_is_the_input(env: Env) -> N
     y = env.model.to_audio(clip.power, phase_from=clip.audio)
     a = clip.audio[: len(y)]
     # identical except the last ~80 samples that no analysis window reaches (audio.istft)
-    assert np.abs(y[:-200] - a[:len(y) - 200]).max() < 1e-4
+    assert np.abs(y[:-200] - a[: len(y) - 200]).max() < 1e-4
 
 
 def test_swap_with_own_factors_is_the_resynthesis(env: Env) -> None:
@@ -225,13 +302,33 @@ def test_swap_with_own_factors_is_the_resynthesis(env: Env) -> None:
 
 
 def test_swap_cli_different_lengths(env: Env, tmp_path: Path) -> None:
-    a, b = env.videos[(0, 1)], env.videos[(3, 2)]
-    na, nb = len(env.model.read(a).faces), len(env.model.read(b).faces)
-    assert na != nb
+    lengths = {k: len(env.model.read(v).faces) for k, v in env.videos.items()}
+    a = env.videos[(0, 1)]
+    na = lengths[(0, 1)]
+    b = next(env.videos[k] for k, n in lengths.items() if n != na)
     for length in ("stretch", "loop"):
         out = tmp_path / f"swap-{length}.mp4"
-        res = CliRunner().invoke(app, ["swap", str(a), str(b), "--factor", "w", "--factor", "zav", "-m", str(env.run),
-                                       "-o", str(out), "--length", length, "-q", "--gl-iters", "4"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "swap",
+                str(a),
+                str(b),
+                "--factor",
+                "w",
+                "--factor",
+                "zav",
+                "-m",
+                str(env.run),
+                "-o",
+                str(out),
+                "--length",
+                length,
+                "-q",
+                "--gl-iters",
+                "4",
+            ],
+        )
         assert res.exit_code == 0, res.output
         n, vs, as_ = _probe_av(out)
         assert n == na and abs(as_ - vs) < 0.03  # A's length whatever B's
@@ -239,8 +336,25 @@ def test_swap_cli_different_lengths(env: Env, tmp_path: Path) -> None:
 
 def test_interpolate_cli_writes_grid_and_video(env: Env, tmp_path: Path) -> None:
     out = tmp_path / "i.mp4"
-    res = CliRunner().invoke(app, ["interpolate", str(env.videos[(0, 1)]), str(env.videos[(1, 2)]), "--factor", "w",
-                                   "--steps", "4", "-m", str(env.run), "-o", str(out), "-q", "--gl-iters", "4"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "interpolate",
+            str(env.videos[(0, 1)]),
+            str(env.videos[(1, 2)]),
+            "--factor",
+            "w",
+            "--steps",
+            "4",
+            "-m",
+            str(env.run),
+            "-o",
+            str(out),
+            "-q",
+            "--gl-iters",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     grid = np.asarray(Image.open(out.with_suffix(".png")))
     assert grid.shape[0] > 4 * 96 and _probe_av(out)[0] > 0
@@ -259,8 +373,12 @@ def test_windowed_encoding_equals_one_pass(env: Env) -> None:
     m = env.model
     clip = m.read(env.videos[(3, 1)])
     # a longer clip: the clip three times in a row
-    long = Clip(np.concatenate([clip.faces] * 3), np.concatenate([clip.power] * 3),
-                np.concatenate([clip.audio] * 3), clip.fps)
+    long = Clip(
+        np.concatenate([clip.faces] * 3),
+        np.concatenate([clip.power] * 3),
+        np.concatenate([clip.audio] * 3),
+        clip.fps,
+    )
     xa, xv = m.features(long)
     one = m.encode_features(xa, xv, chunk=len(xa))
     for chunk in (7, 64):
@@ -268,7 +386,9 @@ def test_windowed_encoding_equals_one_pass(env: Env) -> None:
         for a, b in zip(one, win, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # and the decoded media of the windowed pass match too
-    np.testing.assert_allclose(m.decode(m.encode_features(xa, xv, chunk=7)).power, m.decode(one).power, rtol=1e-4)
+    np.testing.assert_allclose(
+        m.decode(m.encode_features(xa, xv, chunk=7)).power, m.decode(one).power, rtol=1e-4
+    )
 
 
 def test_windowed_chains_equal_the_model_forward(env: Env) -> None:
@@ -286,12 +406,17 @@ def test_windowed_chains_equal_the_model_forward(env: Env) -> None:
 def test_denoise_improves_the_corrupted_modality(env: Env, tmp_path: Path) -> None:
     m = env.model
     gains = {"visual:gaussian:0.3": [], "audio:white:-5": []}
-    for (s, j), video in env.videos.items():
+    for (_, j), video in env.videos.items():
         if j != 3:
             continue  # held-out clips
         for spec, g in gains.items():
-            res = ops.denoise(m, video, tmp_path / "d.mp4", add_noise=spec,
-                              opts=ops.OutputOptions(native_size=True, gl_iters=4))
+            res = ops.denoise(
+                m,
+                video,
+                tmp_path / "d.mp4",
+                add_noise=spec,
+                opts=ops.OutputOptions(native_size=True, gl_iters=4),
+            )
             mod = spec.split(":")[0]
             key, sign = ("psnr", 1) if mod == "visual" else ("lsd_db", -1)
             g.append(sign * (res.metrics[mod]["after"][key] - res.metrics[mod]["before"][key]))
@@ -301,8 +426,24 @@ def test_denoise_improves_the_corrupted_modality(env: Env, tmp_path: Path) -> No
 
 def test_denoise_cli_drop_and_metrics(env: Env, tmp_path: Path) -> None:
     out, js = tmp_path / "d.mp4", tmp_path / "m.json"
-    res = CliRunner().invoke(app, ["denoise", str(env.videos[(1, 3)]), "-m", str(env.run), "-o", str(out),
-                                   "--drop", "audio", "--metrics", str(js), "-q", "--gl-iters", "4"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "denoise",
+            str(env.videos[(1, 3)]),
+            "-m",
+            str(env.run),
+            "-o",
+            str(out),
+            "--drop",
+            "audio",
+            "--metrics",
+            str(js),
+            "-q",
+            "--gl-iters",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     import json
 
@@ -317,15 +458,53 @@ def test_one_line_errors(env: Env, tmp_path: Path) -> None:
     silent = tmp_path / "silent.mp4"
     media.write_av(silent, np.zeros((10, 64, 64, 3), np.uint8), None)
     cases = [
-        (["resynth", str(env.videos[(0, 1)]), "-m", str(tmp_path / "nope"), "-o", str(tmp_path / "o.mp4")], "not found"),
-        (["resynth", str(tmp_path / "missing.mp4"), "-m", str(env.run), "-o", str(tmp_path / "o.mp4")], "not found"),
+        (
+            ["resynth", str(env.videos[(0, 1)]), "-m", str(tmp_path / "nope"), "-o", str(tmp_path / "o.mp4")],
+            "not found",
+        ),
+        (
+            ["resynth", str(tmp_path / "missing.mp4"), "-m", str(env.run), "-o", str(tmp_path / "o.mp4")],
+            "not found",
+        ),
         (["resynth", str(silent), "-m", str(env.run), "-o", str(tmp_path / "o.mp4")], "no audio"),
-        (["swap", str(silent), str(silent), "-f", "speaker", "-m", str(env.run), "-o", str(tmp_path / "o.mp4")],
-         "unknown factor"),
-        (["denoise", str(silent), "-m", str(env.run), "-o", str(tmp_path / "o.mp4"), "--add-noise", "audio:pink:1"],
-         "unknown noise"),
-        (["resynth", str(env.videos[(0, 1)]), "-m", str(env.root / "vq-audio"), "-o", str(tmp_path / "o.mp4")],
-         "MDVAE run"),
+        (
+            [
+                "swap",
+                str(silent),
+                str(silent),
+                "-f",
+                "speaker",
+                "-m",
+                str(env.run),
+                "-o",
+                str(tmp_path / "o.mp4"),
+            ],
+            "unknown factor",
+        ),
+        (
+            [
+                "denoise",
+                str(silent),
+                "-m",
+                str(env.run),
+                "-o",
+                str(tmp_path / "o.mp4"),
+                "--add-noise",
+                "audio:pink:1",
+            ],
+            "unknown noise",
+        ),
+        (
+            [
+                "resynth",
+                str(env.videos[(0, 1)]),
+                "-m",
+                str(env.root / "vq-audio"),
+                "-o",
+                str(tmp_path / "o.mp4"),
+            ],
+            "MDVAE run",
+        ),
         (["resynth", str(env.videos[(0, 1)]), "-m", str(env.run), "-o", str(tmp_path / "o.avi")], ".mp4"),
     ]
     for args, needle in cases:
@@ -334,7 +513,9 @@ def test_one_line_errors(env: Env, tmp_path: Path) -> None:
         assert needle in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o.mp4").exists()
     with pytest.raises(ConfigError, match="fps"):
-        env.model.clip_from_arrays(np.zeros((4, 64, 64, 3), np.uint8), np.ones((4, 513), np.float32), fps=25.0)
+        env.model.clip_from_arrays(
+            np.zeros((4, 64, 64, 3), np.uint8), np.ones((4, 513), np.float32), fps=25.0
+        )
 
 
 def test_clip_from_arrays_matches_read(env: Env) -> None:
@@ -346,12 +527,13 @@ def test_clip_from_arrays_matches_read(env: Env) -> None:
 
 
 @pytest.mark.slow
-def test_swap_w_moves_speaker_towards_b_and_keeps_a_articulation(env: Env) -> None:
+def test_swap_w_moves_speaker_towards_b_and_keeps_a_articulation(trained_env: Env) -> None:
     """A speaker probe (logistic regression on per-clip mean stage-1 features of the training corpus,
     with speaker ground truth) judges the outputs: swapping w makes B's speaker more likely; the
-    mouth movement (per-frame mouth-region pixels) stays correlated with A's."""
+    mouth movement (per-frame mouth-region brightness) follows A's resynthesis more than B's dynamics."""
     from sklearn.linear_model import LogisticRegression
 
+    env = trained_env
     m = env.model
     corpus = Corpus.open(env.corpus)
 
@@ -363,9 +545,14 @@ def test_swap_w_moves_speaker_towards_b_and_keeps_a_articulation(env: Env) -> No
     for rec in corpus.clips:
         faces, power = np.asarray(corpus.faces(rec.clip_id)), np.asarray(corpus.spec(rec.clip_id))
         for a in range(0, rec.n_frames - 15, 15):  # several 0.5 s pieces per clip
-            X.append(clip_feature(faces[a:a + 15], power[a:a + 15]))
+            X.append(clip_feature(faces[a : a + 15], power[a : a + 15]))
             y.append(int(rec.speaker[1:]))
     probe = LogisticRegression(max_iter=2000).fit(np.array(X), np.array(y))
+
+    y0, y1, x0, x1 = noise_mod.region_box("mouth", 64)
+
+    def mouth(f: np.ndarray) -> np.ndarray:
+        return f[:, y0:y1, x0:x1].astype(float).mean((1, 2, 3))
 
     moved, kept = [], []
     for sa, sb in ((0, 1), (1, 2), (2, 3), (3, 0)):
@@ -375,9 +562,11 @@ def test_swap_w_moves_speaker_towards_b_and_keeps_a_articulation(env: Env) -> No
         p_rec = probe.predict_proba(clip_feature(rec.faces, rec.power)[None])[0, sb]
         p_sw = probe.predict_proba(clip_feature(sw.faces, sw.power)[None])[0, sb]
         moved.append(p_sw - p_rec)
-        y0, y1, x0, x1 = noise_mod.region_box("mouth", 64)
-        mouth_a = ca.faces[:, y0:y1, x0:x1].astype(float).mean((1, 2, 3))
-        mouth_sw = sw.faces[:, y0:y1, x0:x1].astype(float).mean((1, 2, 3))
-        kept.append(np.corrcoef(mouth_a, mouth_sw)[0, 1])
+        # articulation: the mouth-region brightness over time follows A's resynthesis, not B's
+        rec_b = m.decode(combine(la, lb, ["zav", "za", "zv"]))  # B's dynamics on A's timeline
+        kept.append(
+            np.corrcoef(mouth(sw.faces), mouth(rec.faces))[0, 1]
+            - np.corrcoef(mouth(sw.faces), mouth(rec_b.faces))[0, 1]
+        )
     assert np.mean(moved) > 0, moved
-    assert np.mean(kept) > 0.2, kept
+    assert np.mean(kept) > 0, kept

@@ -45,15 +45,18 @@ def _ks(text: str) -> tuple[int, ...]:
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory of `avmdvae train mdvae`."),
     corpus: Path = typer.Argument(..., help="Preprocessed corpus (from `avmdvae preprocess`)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Report directory (report.json, report.md, PNGs)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Report directory (report.json, .md, PNGs)."),
     tasks: str = typer.Option("resynth,emotion,disentangle,denoise", "--tasks", help=TASKS_HELP),
     dsae_audio: Path | None = typer.Option(None, "--dsae-audio", help="VQ-DSAE-audio baseline run."),
     dsae_visual: Path | None = typer.Option(None, "--dsae-visual", help="VQ-DSAE-visual baseline run."),
     noise: list[str] | None = typer.Option(None, "--noise", help=NOISE_HELP),
     draws: int = typer.Option(10, "--draws", min=1, help="Random draws per learning-curve point."),
     ks: str = typer.Option("1,2,5,10,20,50", "--ks", help="Labelled clips per class on the learning curve."),
-    max_clips: int | None = typer.Option(None, "--max-clips", min=2, help="Use at most this many clips per task."),
-    swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per latent in the swap test."),
+    max_clips: int | None = typer.Option(None, "--max-clips", min=2,
+                                         help="At most this many clips for emotion / disentangle."),
+    max_test_clips: int | None = typer.Option(None, "--max-test-clips", min=1,
+                                              help="At most this many test clips for resynth / denoise."),
+    swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per swapped latent."),
     gl_iters: int = typer.Option(32, "--gl-iters", min=1, help="Griffin-Lim iterations in resynth."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
@@ -69,7 +72,8 @@ def evaluate(
 
         for s in noise:
             parse_noise(s)
-    opts = EvalOptions(draws=draws, ks=_ks(ks), seed=seed, max_clips=max_clips, gl_iters=gl_iters,
+    opts = EvalOptions(draws=draws, ks=_ks(ks), seed=seed, max_clips=max_clips, max_test_clips=max_test_clips,
+                       gl_iters=gl_iters,
                        noise=tuple(noise) if noise else DEFAULT_NOISE, swap_pairs=swap_pairs)
     t0 = time.time()
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -93,5 +97,5 @@ def evaluate(
     written = write_report(output, results)
     for task, reason in results.get("skipped", {}).items():
         err_console.print(f"[yellow]skipped {task}[/]: {reason}", highlight=False, soft_wrap=True)
-    console.print(f"[green]done[/] in {time.time() - t0:.0f} s: {written[1]} and {len(written) - 2} plot(s) in "
-                  f"{output}", highlight=False, soft_wrap=True)
+    console.print(f"[green]done[/] in {time.time() - t0:.0f} s: {written[1]} and {len(written) - 2} plot(s) "
+                  f"in {output}", highlight=False, soft_wrap=True)

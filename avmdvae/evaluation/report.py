@@ -135,7 +135,8 @@ def _md_emotion(e: dict[str, Any]) -> str:
 def _plot_emotion(e: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     targets = [(t, v) for t, v in e["targets"].items() if "skipped" not in v]
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.5 * max(1, len(targets)), 3.8), squeeze=False)
+    n = max(1, len(targets))
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8), squeeze=False)
     for ax, (target, t) in zip(axes[0], targets, strict=False):
         for i, (name, curve) in enumerate(t["representations"].items()):
             pts = [p for p in curve["points"] if p["k"] != "all"]
@@ -268,8 +269,10 @@ def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path | None:
             for si, s in enumerate(systems):
                 m = np.array([c["systems"].get(s, {}).get(k, {}).get("mean", np.nan) for c in cs], np.float64)
                 sd = np.array([c["systems"].get(s, {}).get(k, {}).get("std", np.nan) for c in cs], np.float64)
-                style = "k--" if s == "corrupted input" else "o-"
-                ax.plot(x, m, style, label=s, color=None if s == "corrupted input" else f"C{si}")
+                if s == "corrupted input":
+                    ax.plot(x, m, "--", label=s, color="k")
+                else:
+                    ax.plot(x, m, "o-", label=s, color=f"C{si}")
                 ax.fill_between(x, m - sd, m + sd, alpha=0.1)
             if not numeric:
                 ax.set_xticks(x, [str(c["level"]) for c in cs])

@@ -65,7 +65,8 @@ class EvalOptions:
     draws: int = probes.DRAWS  # random draws per learning-curve point
     ks: tuple[int, ...] = probes.KS
     seed: int = 0
-    max_clips: int | None = None  # cap on clips per task (random subset, fixed by seed); None: all
+    max_clips: int | None = None  # cap on clips for emotion / disentangle (random subset fixed by seed)
+    max_test_clips: int | None = None  # cap on test clips for resynth / denoise
     gl_iters: int = GL_ITERS
     noise: tuple[str, ...] = DEFAULT_NOISE
     swap_pairs: int = 16  # (A, B) pairs per swapped latent
@@ -211,8 +212,8 @@ class Evaluator:
         return cls(model, Corpus.open(corpus), uni, options, progress)
 
     # ------------------------------------------------------------------------------------ helpers
-    def _subset(self, clips: list[ClipRecord], cap: int | None = None) -> list[ClipRecord]:
-        cap = self.opt.max_clips if cap is None else cap
+    def _subset(self, clips: list[ClipRecord], cap: int | None = -1) -> list[ClipRecord]:
+        cap = self.opt.max_clips if cap == -1 else cap
         if cap is None or len(clips) <= cap:
             return clips
         rng = np.random.default_rng(self.opt.seed)
@@ -224,7 +225,7 @@ class Evaluator:
         if not clips:
             raise ConfigError(f"corpus {self.corpus.root} has no test split: preprocess it with a "
                               "test fraction > 0")
-        return self._subset(clips)
+        return self._subset(clips, self.opt.max_test_clips)
 
     def reference_audio(self, rec: ClipRecord) -> tuple[np.ndarray, str]:
         """Clean waveform (S,) of a clip, S = samples of its n_frames, and where it came from."""
@@ -244,8 +245,8 @@ class Evaluator:
         return wave, how
 
     def _clip(self, rec: ClipRecord, with_audio: bool = False) -> Clip:
-        faces = np.asarray(self.corpus.faces(rec.clip_id))
-        power = np.asarray(self.corpus.spec(rec.clip_id), np.float32)
+        faces = np.array(self.corpus.faces(rec.clip_id))  # writable copies (torch.from_numpy)
+        power = np.array(self.corpus.spec(rec.clip_id), np.float32)
         wave = self.reference_audio(rec)[0] if with_audio else None
         return self.model.clip_from_arrays(faces, power, wave)
 

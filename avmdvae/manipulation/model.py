@@ -271,8 +271,8 @@ class AVModel:
         xv = _alloc(n, self.mdvae.dims.feat_v)
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
-            p = torch.from_numpy(np.ascontiguousarray(clip.power[a:b], np.float32)).to(self.device)
-            f = torch.from_numpy(np.ascontiguousarray(clip.faces[a:b])).to(self.device)
+            p = torch.from_numpy(np.array(clip.power[a:b], np.float32)).to(self.device)
+            f = torch.from_numpy(np.array(clip.faces[a:b])).to(self.device)
             xa[a:b] = self.vq_audio.feature(p).float().cpu().numpy()
             xv[a:b] = self.vq_visual.feature(f).float().cpu().numpy()
             progress("stage-1 encode", b, n)
@@ -345,8 +345,8 @@ class AVModel:
             )
 
         def proj(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-            ea = m.proj_a(torch.from_numpy(np.ascontiguousarray(xa[a:b])).to(dev))
-            ev = m.proj_v(torch.from_numpy(np.ascontiguousarray(xv[a:b])).to(dev))
+            ea = m.proj_a(torch.from_numpy(np.array(xa[a:b])).to(dev))
+            ev = m.proj_v(torch.from_numpy(np.array(xv[a:b])).to(dev))
             return ea, ev
 
         # w: precision-weighted mean of per-window posteriors, windows batched CHUNK frames at a time

@@ -314,9 +314,13 @@ class DynamicalChains(nn.Module):
             eps_k = torch.stack([F.pad(eps[c], (0, Zm - specs[c].z_dim)) for c in range(1, C)], 1)
         eps0 = eps[0]
 
-        h = A[0].new_zeros(C, B, H)
-        gh_ru, gh_n, _ = b_h.expand(C, B, 3 * H + P).split([2 * H, H, P], -1)
-        zprev = A[0].new_zeros(C, B, Zm)
+        if state is None:
+            h = A[0].new_zeros(C, B, H)
+            gh_ru, gh_n, _ = b_h.expand(C, B, 3 * H + P).split([2 * H, H, P], -1)
+            zprev = A[0].new_zeros(C, B, Zm)
+        else:  # continue a sequence: the state after the previous chunk's last frame
+            h, zprev = state
+            gh_ru, gh_n, _ = torch.baddbmm(b_h, h, w_h).split([2 * H, H, P], -1)
         hs, root_o, z_root, kid_o, z_kids = [], [], [], [], []
         # Lists + one torch.stack after the loop: writing into a preallocated buffer under autograd
         # creates a CopySlices node per step whose backward copies the whole buffer (O(T^2)).

@@ -181,16 +181,16 @@ def make_speaker(seed: int, index: int) -> Speaker:
         level_db=float(u(-2, 2)),
         head_aspect=float(u(0.68, 0.8) if male else u(0.64, 0.74)),
         chin_taper=float(u(0.05, 0.3)),
-        eye_y=float(u(-0.08, 0.0)),
+        eye_y=float(u(-0.08, -0.02)),
         eye_dx=float(u(0.145, 0.18)),
         eye_w=float(u(0.1, 0.13)),
         eye_h=float(u(0.05, 0.065)),
         brow_gap=float(u(0.065, 0.09)),
         brow_thick=float(u(0.022, 0.035) if male else u(0.014, 0.024)),
         brow_len=float(u(0.11, 0.15)),
-        nose_len=float(u(0.12, 0.17)),
+        nose_len=float(u(0.11, 0.15)),
         nose_w=float(u(0.07, 0.1)),
-        mouth_y=float(u(0.25, 0.29)),
+        mouth_y=float(u(0.26, 0.3)),
         mouth_w=float(u(0.2, 0.26)),
         lip_thick=float(u(0.018, 0.026) if male else u(0.024, 0.034)),
         ear_size=float(u(0.1, 0.14)),
@@ -321,7 +321,8 @@ def _smooth_random(rng: np.random.Generator, t: np.ndarray, amp: float, f_lo: fl
     """Sum of n sinusoids with random frequencies in [f_lo, f_hi] Hz and phases, peak about amp."""
     out = np.zeros_like(t)
     for _ in range(n):
-        out += rng.uniform(0.4, 1.0) * np.sin(2 * np.pi * rng.uniform(f_lo, f_hi) * t + rng.uniform(0, 2 * np.pi))
+        f, phase = rng.uniform(f_lo, f_hi), rng.uniform(0, 2 * np.pi)
+        out += rng.uniform(0.4, 1.0) * np.sin(2 * np.pi * f * t + phase)
     return out * (amp / n * 1.6)
 
 
@@ -398,7 +399,8 @@ def make_timeline(seed: int, spec: ClipSpec, speaker: Speaker, sentence: Sentenc
     for _ in range(int(rng.integers(2, 5))):
         c = rng.uniform(s0, s1)
         w = rng.uniform(0.08, 0.2)
-        st += rng.choice([-1.0, 1.0], p=[0.25, 0.75]) * rng.uniform(1.5, 4.0) * np.exp(-0.5 * ((tc - c) / w) ** 2)
+        height = rng.choice([-1.0, 1.0], p=[0.25, 0.75]) * rng.uniform(1.5, 4.0)
+        st += height * np.exp(-0.5 * ((tc - c) / w) ** 2)
     if rng.random() < 0.25:  # final rise
         st += 5.0 * np.clip((tc - (s1 - 0.35)) / 0.35, 0, 1) ** 2
     st += _smooth_random(rng, tc, 0.7, 1.0, 3.0)

@@ -76,19 +76,22 @@ class SynthOptions:
             raise ConfigError(f"--sentences must be between 1 and 999, got {self.n_sentences}")
         bad = [e for e in self.emotions if e not in EMOTIONS]
         if bad or not self.emotions:
-            raise ConfigError(f"unknown emotion(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(EMOTIONS)}")
+            raise ConfigError(f"unknown emotion(s) {', '.join(bad) or '(none given)'}; "
+                              f"choose from {', '.join(EMOTIONS)}")
         bad_l = [lv for lv in self.levels if lv not in LEVELS]
         if bad_l or not self.levels:
             raise ConfigError(f"--levels must be among {LEVELS}, got {self.levels}")
         if self.size < MIN_SIZE or self.size > 2048 or self.size % 2:
-            raise ConfigError(f"--size must be an even number of pixels in [{MIN_SIZE}, 2048], got {self.size}")
+            raise ConfigError(f"--size must be an even number of pixels in [{MIN_SIZE}, 2048], "
+                              f"got {self.size}")
         # canonical order, no duplicates
         object.__setattr__(self, "emotions", tuple(e for e in EMOTIONS if e in self.emotions))
         object.__setattr__(self, "levels", tuple(sorted(set(self.levels))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_speakers": self.n_speakers, "n_sentences": self.n_sentences, "emotions": list(self.emotions),
-                "levels": list(self.levels), "seed": self.seed, "size": self.size,
+        return {"n_speakers": self.n_speakers, "n_sentences": self.n_sentences,
+                "emotions": list(self.emotions), "levels": list(self.levels), "seed": self.seed,
+                "size": self.size,
                 "generator_version": GENERATOR_VERSION, "fps": FPS, "sample_rate": SAMPLE_RATE}
 
 
@@ -224,11 +227,19 @@ def corpus_description(opts: SynthOptions) -> dict[str, Any]:
     }
 
 
+def check_output(out: str | os.PathLike[str], opts: SynthOptions) -> None:
+    """Raise CorpusError unless `out` is new, empty, or a corpus made with the same options (resume)."""
+    _check_existing(Path(out), {"options": opts.to_dict()})
+
+
 def _check_existing(root: Path, desc: dict[str, Any]) -> None:
+    if root.exists() and not root.is_dir():
+        raise CorpusError(f"{root} is a file; give a folder for the synthetic corpus")
     p = root / MANIFEST
     if not p.is_file():
         if root.is_dir() and any(root.iterdir()):
-            raise CorpusError(f"{root} exists and is not a synthetic corpus (no {MANIFEST}); choose an empty or new folder")
+            raise CorpusError(f"{root} exists and is not a synthetic corpus (no {MANIFEST}); "
+                              "choose an empty or new folder")
         return
     try:
         old = json.loads(p.read_text())
@@ -236,7 +247,7 @@ def _check_existing(root: Path, desc: dict[str, Any]) -> None:
         raise CorpusError(f"cannot read {p} ({e}); delete the folder or choose another one") from None
     if old.get("options") != desc["options"]:
         old_o, new_o = old.get("options", {}), desc["options"]
-        diff = ", ".join(f"{k}: {old_o.get(k)} -> {new_o.get(k)}" for k in new_o if old_o.get(k) != new_o.get(k))
+        diff = ", ".join(f"{k}: {old_o.get(k)} -> {v}" for k, v in new_o.items() if old_o.get(k) != v)
         raise CorpusError(f"{root} holds a synthetic corpus made with other options ({diff}); "
                           "re-run with the same options to resume, or use a new folder")
 
@@ -257,7 +268,8 @@ def generate_corpus(
     progress(done, total) is called after each clip. workers > 1 generates clips in parallel processes.
     Raises ConfigError for bad options and CorpusError if `out` holds something else.
     """
-    opts = SynthOptions(n_speakers, n_sentences, tuple(emotions), tuple(int(x) for x in levels), int(seed), size)
+    opts = SynthOptions(n_speakers, n_sentences, tuple(emotions), tuple(int(x) for x in levels), int(seed),
+                        size)
     root = Path(out)
     desc = corpus_description(opts)
     _check_existing(root, desc)

@@ -123,7 +123,8 @@ class FaceRenderer:
         else:
             poly(_ellipse(0, -0.02, self.half_w * 1.05, 0.53, 32), sp.hair)
         for side in (-1, 1):
-            ear = _ellipse(side * self.half_w * 0.98, sp.eye_y + 0.06, sp.ear_size * 0.35, sp.ear_size * 0.6, 16)
+            ear = _ellipse(side * self.half_w * 0.98, sp.eye_y + 0.06, sp.ear_size * 0.35, sp.ear_size * 0.6,
+                           16)
             poly(ear, _shade(sp.skin, 0.8))
         # head with shading: shadow, mid tone, lit area offset toward the light
         poly(outline, _shade(sp.skin, 0.74))
@@ -163,7 +164,8 @@ class FaceRenderer:
             e = np.clip(1 - (2 * x / sp.eye_w) ** 2, 0, 1) ** 0.8
             bottom = 0.4 * sp.eye_h * e
             top = -0.6 * sp.eye_h * e * (1 - blink) + bottom * blink - 0.002 * blink
-            white = np.concatenate([np.stack([cu + x, cv + top], 1), np.stack([cu + x, cv + bottom], 1)[::-1]])
+            white = np.concatenate([np.stack([cu + x, cv + top], 1),
+                                    np.stack([cu + x, cv + bottom], 1)[::-1]])
             # eye socket shadow, then the visible eyeball
             poly(_ellipse(cu, cv - 0.005, sp.eye_w * 0.62, sp.eye_h * 0.85, 16), _shade(sp.skin, 0.86),
                  surface=True)
@@ -204,14 +206,34 @@ class FaceRenderer:
         in_top, in_bot = mid - 0.4 * h * e**0.7, mid + 0.6 * h * e**0.7
         out_top = in_top - lt * e**0.5 - 0.002
         out_bot = in_bot + 1.25 * lt * e**0.5 + 0.002
-        poly(np.concatenate([np.stack([x, out_top], 1), np.stack([x, out_bot], 1)[::-1]]), sp.lips, surface=True)
+        poly(np.concatenate([np.stack([x, out_top], 1), np.stack([x, out_bot], 1)[::-1]]), sp.lips,
+             surface=True)
         if h > 0.004:
             poly(np.concatenate([np.stack([x, in_top], 1), np.stack([x, in_bot], 1)[::-1]]), MOUTH_INSIDE,
                  surface=True)
             teeth_bot = np.minimum(in_top + min(0.3 * h, 0.018) * e, in_bot)
             poly(np.concatenate([np.stack([x, in_top], 1), np.stack([x, teeth_bot], 1)[::-1]]), TEETH,
                  surface=True)
-        line(np.stack([x, mid], 1), _shade(sp.lips, 0.5), 0.008)
+        line(np.stack([x, mid], 1), _shade(sp.lips, 0.6), 0.008)
+
+
+def pose_at(truth: dict[str, np.ndarray], k: int, size: int) -> Pose:
+    """The pose of frame k from a clip's ground truth (or a Timeline's fields), in pixels of `size`."""
+    return Pose(x=float(truth["head_x"][k]) * size, y=float(truth["head_y"][k]) * size,
+                scale=float(truth["head_scale"][k]) * size, yaw=float(truth["head_yaw"][k]),
+                pitch=float(truth["head_pitch"][k]), roll=float(truth["head_roll"][k]))
+
+
+def project(speaker: Speaker, pose: Pose, pts: np.ndarray) -> np.ndarray:
+    """Output-pixel coordinates (K, 2) of face-surface points (K, 2) (u, v in head heights).
+
+    E.g. the mouth centre is (0, speaker.mouth_y) and the right eye (speaker.eye_dx, speaker.eye_y):
+    tests and evaluations use this to find features in the frames from the ground-truth pose.
+    """
+    r = FaceRenderer.__new__(FaceRenderer)
+    r.half_w = speaker.head_aspect / 2
+    xy = np.asarray(r._to_pixels(r._surface(np.asarray(pts, float).reshape(-1, 2), pose), pose))
+    return xy.reshape(-1, 2) / SUPERSAMPLE
 
 
 def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -229,7 +251,6 @@ def render_clip(speaker: Speaker, tl: Timeline, size: int, rng: np.random.Genera
     jaw, lip = tl.at_frames(tl.jaw), tl.at_frames(tl.lip)
     frames = np.empty((tl.n_frames, size, size, 3), np.uint8)
     for k in range(tl.n_frames):
-        pose = Pose(x=tl.head_x[k] * size, y=tl.head_y[k] * size, scale=tl.head_scale[k] * size,
-                    yaw=tl.head_yaw[k], pitch=tl.head_pitch[k], roll=tl.head_roll[k])
+        pose = pose_at(vars(tl), k, size)
         frames[k] = renderer.frame(pose, float(jaw[k]), float(lip[k]), float(tl.blink[k]))
     return frames
