@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def test_cli(tmp_path: Path) -> None:
     assert (out / "M001/video/front/neutral/level_1/001.mp4").is_file()
     assert (out / "M001/video/front/neutral/level_1/001.truth.npz").is_file()
     res = runner.invoke(app, args)
-    assert res.exit_code == 0 and "1 already complete" in res.output
+    assert res.exit_code == 0 and "1 already complete" in " ".join(res.output.split())
     res = runner.invoke(app, ["synth", str(out), "--emotions", "neutral,joy"])
     assert res.exit_code == 2 and "unknown emotion" in res.output
     res = runner.invoke(app, ["synth", str(out), "--levels", "4"])
@@ -240,10 +241,9 @@ def test_blink_closes_the_eyes(corpus: Path) -> None:
             return [_box(frames[k], c, 0.6 * speaker.eye_w * pose.scale, 0.6 * speaker.eye_h * pose.scale)
                     for c in project(speaker, pose, pts)]
 
-        # Rendered frames: the white of the eye and the iris vanish when the lids are closed.
-        visible = np.array([sum(int((np.abs(b.astype(int) - col).max(-1) < 12).sum())
-                                for b in eyes(clip.frames, k) for col in (SCLERA, speaker.iris))
-                            for k in range(len(clip.frames))])
+        # Rendered frames: the white of the eye vanishes when the lids are closed.
+        visible = np.array([sum(int((np.abs(b.astype(int) - SCLERA).max(-1) < 12).sum())
+                                for b in eyes(clip.frames, k)) for k in range(len(clip.frames))])
         assert visible[closed].max() == 0 and visible[opened].min() > 0
         # Decoded video: the eye region loses its contrast (white sclera vs dark iris).
         frames = read_frames(v)
@@ -315,7 +315,8 @@ def test_arousal_only_in_voice_valence_only_in_face() -> None:
 
 
 def test_faces_are_found_by_mtcnn(corpus: Path) -> None:
-    pytest.importorskip("facenet_pytorch")
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        pytest.skip("facenet-pytorch is not installed")
     from avmdvae.face import FaceCropper
 
     fc = FaceCropper()

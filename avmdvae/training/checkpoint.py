@@ -129,7 +129,7 @@ class LoadedRun:
         """Load the stage-1 VQ-VAEs this stage-2 run was trained on, checking their hashes."""
         out = {}
         for modality, ref in self.stage1.items():
-            run = load_run(ref["checkpoint"], device=device)
+            run = load_run(self._stage1_checkpoint(ref), device=device)
             if run.sha256 != ref["sha256"]:
                 raise ConfigError(
                     f"stage-1 checkpoint {ref['checkpoint']} changed since {self.checkpoint} was trained "
@@ -137,6 +137,22 @@ class LoadedRun:
                 )
             out[modality] = run.model
         return out
+
+
+    def _stage1_checkpoint(self, ref: dict[str, Any]) -> Path:
+        """Where the stage-1 checkpoint is now: its recorded path, or, when the runs were moved
+        together (e.g. the shipped models/demo/), the sibling run folder of the same name. The sha256
+        check in `stage1_models` makes sure it is the same file either way."""
+        recorded = Path(ref["checkpoint"])
+        if recorded.exists():
+            return recorded
+        sibling = self.checkpoint.parent.parent / Path(ref["run"]).name / recorded.name
+        if sibling.exists():
+            return sibling
+        raise ConfigError(
+            f"stage-1 checkpoint {recorded} of {self.checkpoint} not found (nor {sibling}): "
+            "keep stage-1 and stage-2 run folders side by side"
+        )
 
 
 def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
