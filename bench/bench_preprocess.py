@@ -354,7 +354,7 @@ def write_docs(rows: list[dict], win: float, args: argparse.Namespace, cpus: int
     start = text.find("## Preprocessing")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     from avmdvae.atomic import write_text

@@ -84,12 +84,26 @@ def trained_env(env: Env) -> Iterator[Env]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield _build_env(env.root.parent / "manip-trained", videos_from=env, vq_epochs=12, md_epochs=40)
+        # learned observation variances: with unit variances on these small synthetic features the
+        # tiny MDVAE's posteriors collapse (every KL ~0, w unused) and no swap can change anything
+        yield _build_env(
+            env.root.parent / "manip-trained",
+            videos_from=env,
+            vq_epochs=12,
+            md_epochs=60,
+            md_sets=("model.learn_obs_var=true",),
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _build_env(root: Path, videos_from: Env | None = None, vq_epochs: int = 4, md_epochs: int = 6) -> Env:
+def _build_env(
+    root: Path,
+    videos_from: Env | None = None,
+    vq_epochs: int = 4,
+    md_epochs: int = 6,
+    md_sets: tuple[str, ...] = (),
+) -> Env:
     torch.manual_seed(0)
     root.mkdir(parents=True, exist_ok=True)
     videos = {}
@@ -115,7 +129,7 @@ def _build_env(root: Path, videos_from: Env | None = None, vq_epochs: int = 4, m
         cfg = resolve("vqvae", m, TINY / f"vqvae-{m}.yaml", [f"train.epochs={vq_epochs}"])
         runs[m] = root / f"vq-{m}"
         train(VQVAETask(corpus, m, cfg), runs[m], QUIET)
-    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", [f"train.epochs={md_epochs}"])
+    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", [f"train.epochs={md_epochs}", *md_sets])
     run = root / "mdvae"
     train(MDVAETask(corpus, runs["audio"], runs["visual"], cfg), run, QUIET)
     return Env(root, videos, corpus, run, AVModel.load(run))

@@ -70,6 +70,9 @@ class FaceRenderer:
         self.bg = Image.fromarray(background)
         self.light = light
         self.half_w = speaker.head_aspect / 2
+        # Brows are darker than the skin even with fair hair on dark skin (the detector needs that contrast).
+        hair, skin = np.asarray(speaker.hair, float), np.asarray(speaker.skin, float)
+        self.brow_colour = _shade(tuple(np.minimum(hair * 0.8, skin * 0.5)), 1.0)
 
     # ------------------------------------------------------------------ geometry
     def _head_outline(self, jaw: float) -> np.ndarray:
@@ -131,6 +134,7 @@ class FaceRenderer:
         du, dv = self.light
         poly(outline * 0.93 + [du * 0.5, dv * 0.5], _shade(sp.skin, 0.88))
         poly(outline * 0.8 + [du, dv], sp.skin)
+        poly(outline * 0.45 + [du * 1.5, dv * 1.5 - 0.12], _shade(sp.skin, 1.12))  # forehead highlight
         # front hair: the head region above the hairline
         hair_top = {0: -0.27, 1: -0.24, 2: -0.36}[sp.hair_style]
         cap = outline.copy()
@@ -154,7 +158,7 @@ class FaceRenderer:
             th = sp.brow_thick * (1.1 - 0.4 * t)
             top = np.stack([cu, cv - th / 2], 1)
             bot = np.stack([cu, cv + th / 2], 1)
-            poly(np.concatenate([top, bot[::-1]]), _shade(self.sp.hair, 0.8), surface=True)
+            poly(np.concatenate([top, bot[::-1]]), self.brow_colour, surface=True)
 
     def _eyes(self, poly, line, blink: float) -> None:
         sp = self.sp
@@ -167,7 +171,7 @@ class FaceRenderer:
             white = np.concatenate([np.stack([cu + x, cv + top], 1),
                                     np.stack([cu + x, cv + bottom], 1)[::-1]])
             # eye socket shadow, then the visible eyeball
-            poly(_ellipse(cu, cv - 0.005, sp.eye_w * 0.62, sp.eye_h * 0.85, 16), _shade(sp.skin, 0.86),
+            poly(_ellipse(cu, cv - 0.005, sp.eye_w * 0.62, sp.eye_h * 0.85, 16), _shade(sp.skin, 0.75),
                  surface=True)
             if blink < 0.97:
                 poly(white, SCLERA, surface=True)
