@@ -189,7 +189,8 @@ def discover_mead(root: Path) -> Discovery:
                     audio = audio_stem.with_suffix(suf)
                     break
             cid = safe_id(f"{speaker}_{emotion}_level{level}_{number}")
-            d.clips.append(SourceClip(cid, video, speaker, emotion, level, None, audio, truth_sidecar(video)))
+            # MEAD numbers the sentences of each emotion; the synthetic corpus uses NNN as its sentence id
+            d.clips.append(SourceClip(cid, video, speaker, emotion, level, number, audio, truth_sidecar(video)))
     return d
 
 

@@ -76,7 +76,7 @@ def test_discover_mead(tmp_path):
     assert ids == ["M003_angry_level3_001", "M003_neutral_level1_002", "W009_angry_level3_001",
                    "W009_neutral_level1_002"]
     c = d.clips[0]
-    assert (c.speaker, c.emotion, c.intensity, c.sentence) == ("M003", "angry", 3, None)
+    assert (c.speaker, c.emotion, c.intensity, c.sentence) == ("M003", "angry", 3, "001")
     assert c.audio == root / "M003" / "audio" / "angry" / "level_3" / "001.m4a"
     assert c.truth == root / "M003" / "video" / "front" / "angry" / "level_3" / "001.truth.npz"
     assert d.clips[2].audio is None and d.clips[2].truth is None  # falls back to the mp4's own track

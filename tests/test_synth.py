@@ -249,10 +249,18 @@ def test_blink_closes_the_eyes(corpus: Path) -> None:
         visible = np.array([sum(int((np.abs(b.astype(int) - SCLERA).max(-1) < 12).sum())
                                 for b in eyes(clip.frames, k)) for k in range(len(clip.frames))])
         assert visible[closed].max() == 0 and visible[opened].min() > 0
-        # Decoded video: the eye region loses its contrast (white sclera vs dark iris).
-        frames = read_frames(v)
-        contrast = np.array([np.mean([_lum(b).std() for b in eyes(frames, k)]) for k in range(len(frames))])
-        assert contrast[closed].max() < 0.75 * np.median(contrast[opened])
+        # Decoded video: at the closed frames the eyes look like the rendered closed eyes, not like the
+        # same frames rendered with open eyes (a counterfactual with blink = 0).
+        spec = _spec(t)
+        tl = make_timeline(SEED, spec, speaker, make_sentence(SEED, spec.sentence))
+        tl.blink = np.zeros_like(tl.blink)
+        open_frames = render_clip(speaker, tl, SIZE, spec.rng(SEED, STREAM_RENDER))
+        decoded = read_frames(v)
+        for k in np.nonzero(closed)[0]:
+            dec = np.concatenate([b.ravel() for b in eyes(decoded, k)]).astype(float)
+            actual = np.concatenate([b.ravel() for b in eyes(clip.frames, k)]).astype(float)
+            counterfactual = np.concatenate([b.ravel() for b in eyes(open_frames, k)]).astype(float)
+            assert np.abs(dec - actual).mean() < 0.4 * np.abs(dec - counterfactual).mean()
 
 
 def _lpc_formants(x: np.ndarray, order: int = 16) -> np.ndarray:
@@ -285,8 +293,9 @@ def test_speakers_differ_in_formants(corpus: Path) -> None:
         np.testing.assert_allclose(est[spk], np.median(truth12, axis=0), rtol=0.08)
     ratio = est["W002"] / est["M001"]
     vtl = make_speaker(SEED, 1).vtl_scale / make_speaker(SEED, 0).vtl_scale
-    assert np.all(ratio > 1.08)
-    np.testing.assert_allclose(ratio, vtl, rtol=0.06)
+    assert vtl > 1.09  # by construction: men 0.90-1.04, women 1.14-1.26
+    assert np.all(ratio > 1.05)
+    np.testing.assert_allclose(ratio, vtl, rtol=0.05)
 
 
 def test_arousal_only_in_voice_valence_only_in_face() -> None:

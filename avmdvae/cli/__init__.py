@@ -10,6 +10,7 @@ from avmdvae.cli import synth as _synth  # noqa: E402,F401  (synth)
 from avmdvae.cli import train as _train  # noqa: E402,F401  (train vqvae|mdvae|dsae)
 from avmdvae.cli import manipulate as _manipulate  # noqa: E402,F401  (resynth, swap, interpolate, denoise)
 from avmdvae.cli import evaluate as _evaluate  # noqa: E402,F401  (eval)
+from avmdvae.cli import demo as _demo  # noqa: E402,F401  (demo)
 
 
 def main() -> None:

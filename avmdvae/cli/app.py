@@ -6,12 +6,14 @@ exit code 2, with no traceback. Any other exception is a bug and keeps its trace
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avmdvae.errors import AvmdvaeError
 
@@ -57,3 +59,25 @@ def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> 
         return fn
 
     return decorator
+
+
+ProgressFn = Callable[[str, int, int], None]  # (step name, done, total): the API's progress callback
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool = False) -> Iterator[ProgressFn]:
+    """A progress callback for the Python API that draws one rich bar per named step (on stderr)."""
+    if quiet:
+        yield lambda name, done, total: None
+        return
+    bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name[:28], total=total)
+        bars.update(tasks[name], completed=done, total=total)
+
+    with bars:
+        yield update

@@ -195,7 +195,7 @@ def make_speaker(seed: int, index: int) -> Speaker:
         name=speaker_name(index), sex=sex,
         f0_mean=float(u(95, 140) if male else u(175, 235)),
         # Vocal tract ~17.5 cm (men) vs ~15 cm (women): formants scale by 17.5 / L.
-        vtl_scale=float(u(0.93, 1.06) if male else u(1.12, 1.24)),
+        vtl_scale=float(u(0.9, 1.04) if male else u(1.14, 1.26)),
         open_quotient=float(u(0.45, 0.7)),
         tilt=float(u(0.2, 0.6)),
         breathiness=float(u(0.02, 0.12) if male else u(0.05, 0.2)),

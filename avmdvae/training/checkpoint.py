@@ -95,6 +95,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+# What inference needs; everything else (optimizer moments, scaler, RNG) only serves resuming.
+INFERENCE_KEYS = ("format", "format_version", "kind", "modality", "config", "corpus", "stage1", "model",
+                  "epoch", "step", "best_val", "metrics", "versions")
+
+
+def slim_copy(src: str | Path, dst: str | Path, stage1_hashes: dict[str, str] | None = None) -> str:
+    """Write an inference-only copy of checkpoint `src` to `dst` (about a third of the size: no
+    optimizer state) and return its sha256. For a stage-2 checkpoint, `stage1_hashes` maps stage-1
+    run names (e.g. "vqvae-audio") to the sha256 of their slimmed copies, which replace the recorded
+    ones so that `LoadedRun.stage1_models` accepts the copies. The corpus path is dropped (it is
+    machine-specific); its preprocessing parameters are kept."""
+    state = {k: v for k, v in load_checkpoint(src).items() if k in INFERENCE_KEYS}
+    state["corpus"] = {"path": "", "params": state["corpus"]["params"]}
+    for ref in state.get("stage1", {}).values():
+        name = Path(ref["run"]).name
+        if stage1_hashes is None or name not in stage1_hashes:
+            raise ConfigError(f"slim_copy: slim the stage-1 run {name} before {src}")
+        ref["sha256"] = stage1_hashes[name]
+        ref["run"], ref["checkpoint"] = name, str(Path(name) / Path(ref["checkpoint"]).name)
+    save_checkpoint(dst, state)
+    return sha256_file(dst)
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Torch RNG states as tensors (the training loop draws randomness only from torch)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
