@@ -5,7 +5,8 @@ background, as in bench_face.py, B mirrored; synthetic speech from avmdvae.synth
 Reference-size models (visual VQ-VAE 64x64 -> 8x8x32 / 512 codes, audio VQ-VAE 513 -> 64x8 / 64
 codes, MDVAE w 84, z(av) 16, z(a) 8, z(v) 4) with random weights: the time does not depend on training.
 
-Measured after one untimed warm-up swap, medians of --repeats:
+Measured after one untimed warm-up swap; each repeat runs the whole swap and then each step alone
+(so that both see the same machine load); medians of --repeats:
   swap end to end      ops.swap(A, B, ["w"]) exactly as the CLI runs it (after the model is loaded)
 and its steps, each timed alone in the same run:
   decode               media.iter_frames(max_side=640) of A and B + read_audio (what the reader pays)
@@ -58,15 +59,6 @@ def speech(seconds: float, seed: int) -> np.ndarray:
     return np.concatenate(out)[: int(seconds * media.SAMPLE_RATE)]
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -93,17 +85,29 @@ def main() -> None:
                 pass
             media.read_audio(p)
 
+    names = ["total", "decode", "read", "encode", "mdecode", "gl", "mp4"]
+    times: dict[str, list[float]] = {k: [] for k in names}
+
+    def clock(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        out = fn()
+        times[name].append(time.perf_counter() - t0)
+        return out
+
     with torch.no_grad():
         ops.swap(model, a_path, b_path, ["w"], out, opts)  # warm-up: first-call costs (oneDNN, MTCNN)
-        t_total, _ = timed(lambda: ops.swap(model, a_path, b_path, ["w"], out, opts), r)
-        t_dec, _ = timed(decode_only, r)
-        t_read, clips = timed(lambda: (model.read(a_path), model.read(b_path)), r)
-        ca, cb = clips
-        t_enc, lats = timed(lambda: (model.encode(ca), model.encode(cb)), r)
-        lat = combine(lats[0], lats[1], ["w"])
-        t_mdec, dec = timed(lambda: model.decode(lat), r)
-        t_gl, wave = timed(lambda: model.to_audio(dec.power), r)
-        t_mp4, _ = timed(lambda: ops.write_video(out, dec.faces, wave, model.fps, opts), r)
+        for _ in range(r):  # the whole swap and then each step, so that they see the same load
+            clock("total", lambda: ops.swap(model, a_path, b_path, ["w"], out, opts))
+            clock("decode", decode_only)
+            ca, cb = clock("read", lambda: (model.read(a_path), model.read(b_path)))
+            la, lb = clock("encode", lambda: (model.encode(ca), model.encode(cb)))  # noqa: B023
+            lat = combine(la, lb, ["w"])
+            dec = clock("mdecode", lambda: model.decode(lat))  # noqa: B023
+            wave = clock("gl", lambda: model.to_audio(dec.power))  # noqa: B023
+            clock("mp4", lambda: ops.write_video(out, dec.faces, wave, model.fps, opts))  # noqa: B023
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t_total, t_dec, t_read, t_enc = med["total"], med["decode"], med["read"], med["encode"]
+    t_mdec, t_gl, t_mp4 = med["mdecode"], med["gl"], med["mp4"]
     steps = [
         ("decode (A and B)", t_dec),
         ("face crop + spectrogram", t_read - t_dec),
