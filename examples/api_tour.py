@@ -92,7 +92,10 @@ def main() -> None:
         runs[m] = out / "runs" / f"vq-{m}"
         result = train(VQVAETask(corpus.root, m, cfg), runs[m], opts)
         print(f"3. train vqvae {m}: {result.step} steps, best validation loss {result.best_val:.4g}")
-    cfg = resolve("mdvae", None, TINY_CONFIGS / "mdvae.yaml", [f"train.epochs={size['md_epochs']}"])
+    # learned observation variances: with unit variances on these small features the tiny MDVAE tends
+    # to leave w unused (every KL ~0), and then a w-swap changes nothing
+    md_sets = [f"train.epochs={size['md_epochs']}", "model.learn_obs_var=true"]
+    cfg = resolve("mdvae", None, TINY_CONFIGS / "mdvae.yaml", md_sets)
     mdvae_run = out / "runs" / "mdvae"
     result = train(MDVAETask(corpus.root, runs["audio"], runs["visual"], cfg), mdvae_run, opts)
     print(f"3. train mdvae: {result.step} steps, best validation loss {result.best_val:.4g}")

@@ -26,14 +26,15 @@ LENGTH_HELP = (
 ModelOpt = typer.Option(..., "--model", "-m", help=MODEL_HELP)
 OutOpt = typer.Option(..., "-o", "--output", help="Output video (.mp4).")
 PhaseOpt = typer.Option("griffin-lim", "--phase", help=PHASE_HELP)
-NativeOpt = typer.Option(
-    False, "--native-size", help="Write the 64x64 faces as is (default: upscaled to 256)."
-)
+NativeOpt = typer.Option(False, "--native-size", help="Write the 64x64 faces as is (default: upscaled to 256).")
 SideOpt = typer.Option(False, "--side-by-side", help="Show the input face crop next to the result.")
 SheetOpt = typer.Option(None, "--sheet", help="Also write a PNG sheet of frames and spectrograms.")
 DeviceOpt = typer.Option("cpu", "--device", help="Torch device (cpu, cuda).")
 ItersOpt = typer.Option(64, "--gl-iters", help="Griffin-Lim iterations.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress display.")
+ThreadsOpt = typer.Option(
+    None, "--threads", help="Torch CPU threads (default: torch's). 1 is faster on a busy machine (docs/benchmarks.md)."
+)
 
 
 @contextlib.contextmanager
@@ -64,15 +65,18 @@ def _progress(quiet: bool) -> Iterator:
 def _opts(phase: str, native: bool, side: bool, sheet: Path | None, gl_iters: int, seed: int = 0):  # noqa: ANN202
     from avmdvae.manipulation.ops import OutputOptions
 
-    o = OutputOptions(
-        native_size=native, side_by_side=side, phase=phase, gl_iters=gl_iters, sheet=sheet, seed=seed
-    )
+    o = OutputOptions(native_size=native, side_by_side=side, phase=phase, gl_iters=gl_iters, sheet=sheet, seed=seed)
     o.check()
     return o
 
 
-def _load(model: Path, device: str):  # noqa: ANN202
+def _load(model: Path, device: str, threads: int | None = None):  # noqa: ANN202
+    import torch
+
     from avmdvae.manipulation.model import AVModel
+
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
 
     return AVModel.load(model, device=device)
 
@@ -98,11 +102,12 @@ def resynth(
     device: str = DeviceOpt,
     gl_iters: int = ItersOpt,
     quiet: bool = QuietOpt,
+    threads: int | None = ThreadsOpt,
 ) -> None:
     from avmdvae.manipulation import ops
 
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
-    m = _load(model, device)
+    m = _load(model, device, threads)
     with _progress(quiet) as p:
         res = ops.resynth(m, video, output, opts, p)
     _done(res)
@@ -123,13 +128,14 @@ def swap(
     device: str = DeviceOpt,
     gl_iters: int = ItersOpt,
     quiet: bool = QuietOpt,
+    threads: int | None = ThreadsOpt,
 ) -> None:
     from avmdvae.manipulation import ops
     from avmdvae.manipulation.swap import check_factors
 
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
-    m = _load(model, device)
+    m = _load(model, device, threads)
     with _progress(quiet) as p:
         res = ops.swap(m, video_a, video_b, factors, output, opts, length, p)
     _done(res)
@@ -156,13 +162,14 @@ def interpolate(
     device: str = DeviceOpt,
     gl_iters: int = ItersOpt,
     quiet: bool = QuietOpt,
+    threads: int | None = ThreadsOpt,
 ) -> None:
     from avmdvae.manipulation import ops
     from avmdvae.manipulation.swap import check_factors
 
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
-    m = _load(model, device)
+    m = _load(model, device, threads)
     with _progress(quiet) as p:
         res = ops.interpolate(m, video_a, video_b, factors, steps, output, grid, opts, length, p)
     _done(res)
@@ -187,8 +194,7 @@ def denoise(
     impute_iters: int = typer.Option(
         0,
         "--impute-iters",
-        help="With --drop: re-encode this many times with "
-        "the dropped features replaced by their reconstruction.",
+        help="With --drop: re-encode this many times with the dropped features replaced by their reconstruction.",
     ),
     metrics: Path | None = typer.Option(None, "--metrics", help="Write the metrics as JSON."),
     seed: int = typer.Option(0, "--seed", help="Seed of the added noise and of Griffin-Lim."),
@@ -199,6 +205,7 @@ def denoise(
     device: str = DeviceOpt,
     gl_iters: int = ItersOpt,
     quiet: bool = QuietOpt,
+    threads: int | None = ThreadsOpt,
 ) -> None:
     from avmdvae.manipulation import ops
     from avmdvae.manipulation.noise import parse_noise
@@ -206,7 +213,7 @@ def denoise(
     if add_noise:
         parse_noise(add_noise)  # fail before loading anything
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters, seed)
-    m = _load(model, device)
+    m = _load(model, device, threads)
     with _progress(quiet) as p:
         res = ops.denoise(m, video, output, add_noise, drop, opts, metrics, impute_iters, p)
     _done(res)
@@ -214,12 +221,7 @@ def denoise(
 
 
 def _print_metrics(metrics: dict) -> None:
-    rows = [
-        (mod, name)
-        for mod, entry in metrics.items()
-        if isinstance(entry, dict)
-        for name in entry.get("after", {})
-    ]
+    rows = [(mod, name) for mod, entry in metrics.items() if isinstance(entry, dict) for name in entry.get("after", {})]
     if not rows:
         return
     table = Table(title="vs the clean input", title_justify="left")

@@ -167,12 +167,7 @@ class AVModel:
                 raise ConfigError(
                     f"{path} does not record its {m} VQ-VAE: retrain it with `avmdvae train mdvae`"
                 )
-            ck = Path(loaded.stage1[m]["checkpoint"])
-            if not ck.is_file():
-                raise ConfigError(
-                    f"stage-1 {m} checkpoint {ck} of {path} is missing: restore it at that path"
-                )
-        vq = loaded.stage1_models(device=device)
+        vq = loaded.stage1_models(device=device)  # finds moved run folders; ConfigError when missing
         params = PreprocessParams.from_dict(loaded.corpus["params"])
         return cls(loaded.model, vq["audio"], vq["visual"], params, device, run=loaded)  # type: ignore[arg-type]
 
