@@ -290,9 +290,13 @@ def test_commands_in_docs_use_real_commands_and_options(doc: str) -> None:
                 path = (*path, tok)
             else:
                 break
-        assert path, f"{doc}: unknown command in {' '.join(tokens)}"
+        rest = tokens[1 + len(path):]
+        assert path or not rest or rest[0].startswith(("-", "[")), f"{doc}: unknown command in {' '.join(tokens)}"
         h = parse_help(path)
         known = set(h.options) | {o.short for o in h.options.values() if o.short}
+        if "--config" in tokens:
+            config = tokens[tokens.index("--config") + 1]
+            assert (REPO / config).is_file(), f"{doc}: config {config} does not exist"
         for tok in tokens:
             flag = tok.split("=")[0]
             if flag.startswith("-") and flag not in ("-", "--") and not re.match(r"^-\d", flag):
