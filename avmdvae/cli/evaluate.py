@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from avmdvae.cli.app import command, console, err_console
+from avmdvae.cli.app import command, console, err_console, progress_bars
 from avmdvae.errors import ConfigError
 
 TASKS_HELP = "Comma-separated tasks: resynth, emotion, disentangle, denoise (default: all)."
@@ -76,16 +75,7 @@ def evaluate(
                        gl_iters=gl_iters,
                        noise=tuple(noise) if noise else DEFAULT_NOISE, swap_pairs=swap_pairs)
     t0 = time.time()
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err_console, disable=quiet, transient=True)
-    ids: dict[str, int] = {}
-
-    def progress(name: str, done: int, total: int) -> None:
-        if name not in ids:
-            ids[name] = bar.add_task(name, total=total)
-        bar.update(ids[name], completed=done, total=total)
-
-    with bar:
+    with progress_bars(quiet) as progress:
         ev = Evaluator.load(run, corpus, {"audio": dsae_audio, "visual": dsae_visual}, opts, device, progress)
         results = ev.run(names)
     results["meta"] = {

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avmdvae.cli.app import command, console, err_console
+from avmdvae.cli.app import command, console, progress_bars
 
 MODEL_HELP = "MDVAE run directory (avmdvae train mdvae -o RUN); its stage-1 runs are found from it."
 PHASE_HELP = "Audio phase: griffin-lim (fast Griffin-Lim on the decoded spectrogram) or source (the input's)."
@@ -35,31 +32,6 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress display.")
 ThreadsOpt = typer.Option(
     None, "--threads", help="Torch CPU threads (default: torch's). 1 is faster on a busy machine (docs/benchmarks.md)."
 )
-
-
-@contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator:
-    """A Progress callback (name, done, total) drawing one rich bar per step."""
-    if quiet:
-        yield lambda name, done, total: None
-        return
-    bars = Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    tasks: dict[str, int] = {}
-
-    def update(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = bars.add_task(name[:28], total=total)
-        bars.update(tasks[name], completed=done, total=total)
-
-    with bars:
-        yield update
 
 
 def _opts(phase: str, native: bool, side: bool, sheet: Path | None, gl_iters: int, seed: int = 0):  # noqa: ANN202
@@ -108,7 +80,7 @@ def resynth(
 
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
     m = _load(model, device, threads)
-    with _progress(quiet) as p:
+    with progress_bars(quiet) as p:
         res = ops.resynth(m, video, output, opts, p)
     _done(res)
 
@@ -136,7 +108,7 @@ def swap(
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
     m = _load(model, device, threads)
-    with _progress(quiet) as p:
+    with progress_bars(quiet) as p:
         res = ops.swap(m, video_a, video_b, factors, output, opts, length, p)
     _done(res)
 
@@ -170,7 +142,7 @@ def interpolate(
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
     m = _load(model, device, threads)
-    with _progress(quiet) as p:
+    with progress_bars(quiet) as p:
         res = ops.interpolate(m, video_a, video_b, factors, steps, output, grid, opts, length, p)
     _done(res)
 
@@ -214,7 +186,7 @@ def denoise(
         parse_noise(add_noise)  # fail before loading anything
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters, seed)
     m = _load(model, device, threads)
-    with _progress(quiet) as p:
+    with progress_bars(quiet) as p:
         res = ops.denoise(m, video, output, add_noise, drop, opts, metrics, impute_iters, p)
     _done(res)
     _print_metrics(res.metrics)
