@@ -75,8 +75,28 @@ class QuantizerDims(_Dims):
     eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
 
 
+class _VQVAEDims(_Dims):
+    """What both stage-1 dims share: a nested `quantizer` section and the same tiny preset."""
+
+    @classmethod
+    def from_dict(cls: type[_V], d: dict[str, Any] | None) -> _V:
+        d = dict(d or {})
+        q = QuantizerDims.from_dict(d.pop("quantizer", None))
+        obj = super().from_dict(d)  # type: ignore[misc]
+        obj.quantizer = q
+        return obj
+
+    @classmethod
+    def tiny(cls: type[_V]) -> _V:
+        return cls(hidden=16, n_res_blocks=1, res_hidden=8, code_dim=4, n_codes=16,  # type: ignore[call-arg]
+                   quantizer=QuantizerDims(dead_after=20))
+
+
+_V = TypeVar("_V", bound=_VQVAEDims)
+
+
 @dataclass
-class VisualVQVAEDims(_Dims):
+class VisualVQVAEDims(_VQVAEDims):
     """64x64x3 -> (code_dim, 8, 8) -> 64x64x3."""
 
     image_size: int = FACE_SIZE
@@ -103,28 +123,9 @@ class VisualVQVAEDims(_Dims):
         if self.image_size % 2**self.n_down:
             raise ConfigError(f"VisualVQVAEDims.image_size {self.image_size} is not divisible by 2**n_down")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> VisualVQVAEDims:
-        d = dict(d or {})
-        q = QuantizerDims.from_dict(d.pop("quantizer", None))
-        obj = super().from_dict(d)
-        obj.quantizer = q
-        return obj
-
-    @classmethod
-    def tiny(cls) -> VisualVQVAEDims:
-        return cls(
-            hidden=16,
-            n_res_blocks=1,
-            res_hidden=8,
-            code_dim=4,
-            n_codes=16,
-            quantizer=QuantizerDims(dead_after=20),
-        )
-
 
 @dataclass
-class AudioVQVAEDims(_Dims):
+class AudioVQVAEDims(_VQVAEDims):
     """513-bin power spectrum frame -> (code_dim, 64) -> positive power spectrum."""
 
     n_bins: int = N_BINS
@@ -147,25 +148,6 @@ class AudioVQVAEDims(_Dims):
     def feature_dim(self) -> int:
         """Flattened pre-quantisation encoder output: 8 * 64 = 512 at reference sizes."""
         return self.code_dim * self.positions
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> AudioVQVAEDims:
-        d = dict(d or {})
-        q = QuantizerDims.from_dict(d.pop("quantizer", None))
-        obj = super().from_dict(d)
-        obj.quantizer = q
-        return obj
-
-    @classmethod
-    def tiny(cls) -> AudioVQVAEDims:
-        return cls(
-            hidden=16,
-            n_res_blocks=1,
-            res_hidden=8,
-            code_dim=4,
-            n_codes=16,
-            quantizer=QuantizerDims(dead_after=20),
-        )
 
 
 @dataclass
