@@ -15,6 +15,7 @@ torchmetrics probing for torchvision) see the real state of the environment.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import types
 from collections.abc import Iterator
@@ -115,8 +116,7 @@ def to_tensor(pic) -> torch.Tensor:
 def torchvision_works() -> bool:
     """True when the real torchvision imports and its compiled NMS operator runs."""
     try:
-        import torchvision
-
+        torchvision = importlib.import_module("torchvision")  # probed lazily: broken on CPU-only machines
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
     except Exception:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
         return False
