@@ -36,8 +36,19 @@ def faces_to_input(x: Tensor) -> Tensor:
     return x
 
 
+def _make_quantizer(d: VisualVQVAEDims | AudioVQVAEDims) -> VectorQuantizer:
+    q = d.quantizer
+    return VectorQuantizer(d.n_codes, d.code_dim, q.decay, q.commitment, q.dead_after, q.eps)
+
+
 class _QuantizerMixin:
     quantizer: VectorQuantizer
+    dims: VisualVQVAEDims | AudioVQVAEDims
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the flattened pre-quantisation encoder output per frame (the MDVAE's input)."""
+        return self.dims.feature_dim
 
     def quantize(self, z_e: Tensor, update: bool | None = None) -> QuantizeResult:
         """z_e (B, D, *S) -> (z_q, codes, commit_loss, perplexity); EMA update in training mode."""
@@ -88,12 +99,7 @@ class VisualVQVAE(_QuantizerMixin, nn.Module):
                 dec.append(nn.ReLU())
             c_in = c
         self.decoder = nn.Sequential(*dec)
-        q = d.quantizer
-        self.quantizer = VectorQuantizer(d.n_codes, d.code_dim, q.decay, q.commitment, q.dead_after, q.eps)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.dims.feature_dim
+        self.quantizer = _make_quantizer(d)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -175,12 +181,7 @@ class AudioVQVAE(_QuantizerMixin, nn.Module):
                 dec.append(nn.ReLU())
             c_in = c
         self.decoder = nn.Sequential(*dec)
-        q = d.quantizer
-        self.quantizer = VectorQuantizer(d.n_codes, d.code_dim, q.decay, q.commitment, q.dead_after, q.eps)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.dims.feature_dim
+        self.quantizer = _make_quantizer(d)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
