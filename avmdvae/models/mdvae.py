@@ -165,8 +165,75 @@ class FeatureProjection(nn.Module):
         return torch.tanh(self.fc(x))
 
 
+class _BiGRUFinal(torch.autograd.Function):
+    """Final states of a bidirectional GRU (PyTorch gate layout r, z, n) from precomputed input gates.
+
+    forward(gi (T, B, 2, 3H) input transforms incl. b_ih (direction 1 reads time backwards),
+            w_hh_t (2, H, 3H), b_hh (2, 1, 3H)) -> h_n (2, B, H).
+    One autograd node for the whole recurrence: the loop runs without autograd (one bmm per step over
+    both directions) and backward loops once over time for the state gradients, then forms the
+    weight gradients of both directions with one bmm over all frames (not 2T small matmuls).
+    """
+
+    @staticmethod
+    def forward(ctx, gi: Tensor, w_hh_t: Tensor, b_hh: Tensor) -> Tensor:  # type: ignore[override]
+        T, B, _, H3 = gi.shape
+        H = H3 // 3
+        hprev = gi.new_empty(T, 2, B, H)  # state entering each step (processing order)
+        gates = gi.new_empty(T, 2, B, H3)  # r, z, n after their nonlinearities
+        ghn = gi.new_empty(T, 2, B, H)  # W_hn h + b_hn
+        h = gi.new_zeros(2, B, H)
+        for s in range(T):
+            g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H)
+            gh = torch.baddbmm(b_hh, h, w_hh_t)
+            hprev[s] = h
+            rz = gates[s, :, :, : 2 * H]
+            torch.sigmoid(g_in[..., : 2 * H] + gh[..., : 2 * H], out=rz)
+            ghn[s] = gh[..., 2 * H :]
+            n = gates[s, :, :, 2 * H :]
+            torch.tanh(torch.addcmul(g_in[..., 2 * H :], rz[..., :H], gh[..., 2 * H :]), out=n)
+            h = torch.addcmul(n, rz[..., H:], h - n)  # (1 - z) * n + z * h
+        ctx.save_for_backward(w_hh_t, hprev, gates, ghn)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        w_hh_t, hprev, gates, ghn = ctx.saved_tensors
+        T, _, B, H3 = gates.shape
+        H = H3 // 3
+        dgi = gates.new_empty(T, B, 2, H3)
+        dgh = gates.new_empty(T, 2, B, H3)
+        w_hh = w_hh_t.transpose(1, 2)
+        dh = dh.contiguous()
+        for s in range(T - 1, -1, -1):
+            r, z, n = gates[s].split(H, -1)
+            hp = hprev[s]
+            dn = dh * (1.0 - z)
+            da_n = dn * (1.0 - n * n)
+            dr = da_n * ghn[s] * r * (1.0 - r)
+            dz = dh * (hp - n) * z * (1.0 - z)
+            g = dgh[s]
+            g[..., :H] = dr
+            g[..., H : 2 * H] = dz
+            torch.mul(da_n, r, out=g[..., 2 * H :])
+            dgi[s, :, 0, : 2 * H] = g[0, :, : 2 * H]
+            dgi[s, :, 0, 2 * H :] = da_n[0]
+            dgi[T - 1 - s, :, 1, : 2 * H] = g[1, :, : 2 * H]
+            dgi[T - 1 - s, :, 1, 2 * H :] = da_n[1]
+            dh = torch.baddbmm(dh * z, g, w_hh)
+        hp_all = hprev.permute(1, 3, 0, 2).reshape(2, H, T * B)
+        dgh_all = dgh.transpose(0, 1).reshape(2, T * B, H3)
+        d_w = torch.bmm(hp_all, dgh_all)
+        d_b = dgh_all.sum(1, keepdim=True)
+        return dgi, d_w, d_b
+
+
 class StaticEncoder(nn.Module):
-    """q(w | e_{1:T}): bidirectional GRU, final states of both directions -> Gaussian head (linear)."""
+    """q(w | e_{1:T}): bidirectional GRU, final states of both directions -> Gaussian head (linear).
+
+    The GRU's parameters live in an nn.GRU (its state-dict names); the recurrence runs in
+    `_BiGRUFinal` after one matmul for the input transforms of both directions over all frames.
+    """
 
     def __init__(self, in_dim: int, hidden: int, w_dim: int) -> None:
         super().__init__()
@@ -175,7 +242,16 @@ class StaticEncoder(nn.Module):
 
     def forward(self, e: Tensor) -> tuple[Tensor, Tensor]:
         """e (T, B, in) time-major -> (mean, logvar) each (B, w_dim)."""
-        _, h_n = self.gru(e)  # (2, B, H): forward direction's last state, backward's first
+        g = self.gru
+        T, B = e.shape[:2]
+        w_ih = torch.cat([g.weight_ih_l0, g.weight_ih_l0_reverse])  # (6H, in)
+        b_ih = torch.cat([g.bias_ih_l0, g.bias_ih_l0_reverse])
+        dt = g.weight_hh_l0.dtype  # the recurrence runs in the parameters' dtype (also under autocast)
+        gi = F.linear(e, w_ih, b_ih).to(dt).view(T, B, 2, -1)  # (T, B, 2, 3H)
+        w_hh_t = torch.stack([g.weight_hh_l0.t(), g.weight_hh_l0_reverse.t()])  # (2, H, 3H)
+        b_hh = torch.stack([g.bias_hh_l0, g.bias_hh_l0_reverse])[:, None]  # (2, 1, 3H)
+        with torch.autocast(e.device.type, enabled=False):
+            h_n = _BiGRUFinal.apply(gi, w_hh_t, b_hh)  # (2, B, H): forward's last state, backward's first
         mean, logvar = self.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
         return mean, logvar
 
