@@ -110,18 +110,15 @@ def train_demo_models(corpus: Path, runs: Path, overrides: list[str] | None = No
     return runs / "mdvae"
 
 
-def _pick_pair(corpus_root: Path) -> tuple[Any, Any]:
+def _pick_pair(corpus: Any) -> tuple[Any, Any]:
     """A: a test-split clip (a speaker the model never saw) showing a happy face; B: the same sentence
     said sadly by another speaker, so that a w-swap visibly changes identity and emotion."""
-    from avmdvae.corpus import Corpus
-
-    corpus = Corpus.open(corpus_root)
     clips = corpus.clips
     test = corpus.split("test") or clips
     a = next((c for c in test if c.emotion == "happy"), test[0])
     others = [c for c in clips if c.speaker != a.speaker]
     if not others:
-        raise ConfigError(f"the demo corpus {corpus_root} has a single speaker: a swap needs two")
+        raise ConfigError(f"the demo corpus {corpus.root} has a single speaker: a swap needs two")
     b = next((c for c in others if c.emotion == "sad" and c.sentence == a.sentence), others[0])
     return a, b
 
@@ -131,6 +128,7 @@ def _source_video(clip: Any) -> Path:
 
 
 def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = _quiet) -> DemoResult:
+    from avmdvae.corpus import Corpus
     from avmdvae.evaluation.report import write_report
     from avmdvae.evaluation.tasks import EvalOptions, Evaluator
     from avmdvae.manipulation import AVModel, combine
@@ -155,8 +153,8 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = _quiet)
         step(f"1-3/5 using the shipped demo models in {opts.models}")
 
     step("4/5 synthesising and preprocessing the demo clips")
-    corpus = _preprocess(_synth(out / "synth", opts.corpus, opts.workers, progress), out / "corpus",
-                         opts.workers, progress)
+    corpus = Corpus.open(_preprocess(_synth(out / "synth", opts.corpus, opts.workers, progress),
+                                     out / "corpus", opts.workers, progress))
     model = AVModel.load(run)
     rec_a, rec_b = _pick_pair(corpus)
     clip_a = model.read(_source_video(rec_a))
@@ -179,7 +177,7 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = _quiet)
     write_sheet(files["overview"], rows)
 
     step("5/5 scoring reconstruction and swaps (avmdvae eval: resynth, disentangle)")
-    ev = Evaluator(model, _open(corpus), progress=progress, options=EvalOptions(
+    ev = Evaluator(model, corpus, progress=progress, options=EvalOptions(
         max_clips=opts.eval_clips, max_test_clips=4, swap_pairs=opts.swap_pairs, gl_iters=opts.gl_iters, draws=3))
     results = ev.run(["resynth", "disentangle"])
     results["demo"] = {"A": rec_a.clip_id, "B": rec_b.clip_id, "model": str(run)}
@@ -189,12 +187,6 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = _quiet)
     atomic.write_text(out / "README.md", _readme(files, scores, rec_a, rec_b, run))
     files["readme"] = out / "README.md"
     return DemoResult(out, files, scores)
-
-
-def _open(root: Path) -> Any:
-    from avmdvae.corpus import Corpus
-
-    return Corpus.open(root)
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
