@@ -501,7 +501,26 @@ class _MemmapCache:
         self._maps.clear()
 
 
-class WindowDataset(Dataset):
+class _MemmapDataset(Dataset):
+    """A dataset over a corpus that reads through a `_MemmapCache`. Pickling (for spawned DataLoader
+    workers) drops the open memory maps, which would otherwise be copied into the pickle; each worker
+    reopens them lazily."""
+
+    corpus: Corpus
+    _cache: _MemmapCache
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Do not pickle open memory maps (they would be copied into the pickle) for spawned workers.
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = _MemmapCache(self.corpus)
+
+
+class WindowDataset(_MemmapDataset):
     """Windows of `length` consecutive frames from the clips of one split.
 
     Item: {"audio": float32 tensor (T, 513), "visual": uint8 tensor (T, 64, 64, 3), "clip_id": str,
@@ -579,18 +598,8 @@ class WindowDataset(Dataset):
             item[m] = torch.from_numpy(np.array(arr[start:start + self.length]))
         return item
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Do not pickle open memory maps (they would be copied into the pickle) for spawned workers.
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._cache = _MemmapCache(self.corpus)
-
-
-class FrameDataset(Dataset):
+class FrameDataset(_MemmapDataset):
     """Single frames of one modality over all clips of a split (stage-1 VQ-VAE training).
 
     Item: {"audio": float32 tensor (513,)} or {"visual": uint8 tensor (64, 64, 3)}. Item i maps to a
@@ -640,12 +649,3 @@ class FrameDataset(Dataset):
             arr = self._cache.get(self.clips[int(c)].clip_id, self.modality)
             out[sel] = arr[idx[sel] - self._offsets[c]]
         return torch.from_numpy(out)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._cache = _MemmapCache(self.corpus)
