@@ -97,6 +97,26 @@ def _audio(
     return model.to_audio(dec.power, phase_from=src, n_iter=opts.gl_iters, seed=opts.seed, progress=progress)
 
 
+def _write_outputs(
+    model: AVModel,
+    clip: Clip,
+    dec: Decoded,
+    out: Path,
+    opts: OutputOptions,
+    input_rows: list[SheetRow],
+    label: str,
+    progress: Progress,
+) -> Result:
+    """Decoded media of `clip` -> audio (Griffin-Lim or clip's phase), mp4, and the optional sheet."""
+    wave = _audio(model, dec, opts, clip.audio, progress)
+    write_video(out, dec.faces, wave, model.fps, opts, left=clip.faces)
+    res = Result(out, clip.n_frames, clip.seconds)
+    if opts.sheet is not None:
+        write_sheet(opts.sheet, [*input_rows, SheetRow(label, dec.faces, dec.power)])
+        res.extra_outputs.append(Path(opts.sheet))
+    return res
+
+
 def resynth(
     model: AVModel,
     video: str | os.PathLike[str],
@@ -109,16 +129,8 @@ def resynth(
     out = check_output(output)
     clip = model.read(video, progress)
     dec = model.decode(model.encode(clip, progress=progress), progress)
-    wave = _audio(model, dec, opts, clip.audio, progress)
-    write_video(out, dec.faces, wave, model.fps, opts, left=clip.faces)
-    res = Result(out, clip.n_frames, clip.seconds)
-    if opts.sheet is not None:
-        write_sheet(
-            opts.sheet,
-            [SheetRow("input", clip.faces, clip.power), SheetRow("resynthesis", dec.faces, dec.power)],
-        )
-        res.extra_outputs.append(Path(opts.sheet))
-    return res
+    return _write_outputs(model, clip, dec, out, opts, [SheetRow("input", clip.faces, clip.power)],
+                          "resynthesis", progress)
 
 
 def swap(
@@ -144,20 +156,8 @@ def swap(
         model.encode(clip_a, progress=progress), model.encode(clip_b, progress=progress), factors, length
     )
     dec = model.decode(lat, progress)
-    wave = _audio(model, dec, opts, clip_a.audio, progress)
-    write_video(out, dec.faces, wave, model.fps, opts, left=clip_a.faces)
-    res = Result(out, clip_a.n_frames, clip_a.seconds)
-    if opts.sheet is not None:
-        write_sheet(
-            opts.sheet,
-            [
-                SheetRow("A (input)", clip_a.faces, clip_a.power),
-                SheetRow("B (input)", clip_b.faces, clip_b.power),
-                SheetRow(f"A with {'+'.join(factors)} from B", dec.faces, dec.power),
-            ],
-        )
-        res.extra_outputs.append(Path(opts.sheet))
-    return res
+    inputs = [SheetRow("A (input)", clip_a.faces, clip_a.power), SheetRow("B (input)", clip_b.faces, clip_b.power)]
+    return _write_outputs(model, clip_a, dec, out, opts, inputs, f"A with {'+'.join(factors)} from B", progress)
 
 
 def interpolate(
