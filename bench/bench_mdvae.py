@@ -1,6 +1,7 @@
 """MDVAE training-step benchmark: efficient model vs the step-by-step oracle, and vs the matmul floor.
 
-A step = zero_grad + forward + backward + Adam step, reference sizes (MDVAEDims()), T = 30.
+A step = zero_grad + forward + backward + AdamW step (fused, as the training loop runs it), reference
+sizes (MDVAEDims()), T = 30.
 For each batch size and precision (fp32, bf16 autocast) both implementations run in the same process,
 interleaved, medians of several repeats. The floor is the step's matrix-product FLOPs (counted
 analytically from the dims) divided by this machine's fp32 (or bf16) matmul rate, measured in the same
@@ -24,7 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avmdvae.models import MDVAE, MDVAEDims  # noqa: E402
+from avmdvae.runtime import keep_freed_memory  # noqa: E402
 from tests.reference_mdvae import reference_mdvae  # noqa: E402
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat ((0, 1) elsewhere): time the hypervisor gave away."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 1
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
 def mm_flops(m: int, k: int, n: int) -> int:
@@ -117,6 +128,7 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `avmdvae train` does
     torch.manual_seed(0)
     d = MDVAEDims()
     T = args.T
@@ -125,6 +137,7 @@ def main() -> None:
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
     rows = []
+    steal0 = cpu_ticks()
     for B in args.batches:
         fl = step_flops(d, B, T)
         xa, xv = torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v)
@@ -138,7 +151,7 @@ def main() -> None:
             bf16 = prec == "bf16"
             rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, B, T, d, args.repeats)
             model = MDVAE(d)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the training loop's optimiser
             fast = make_step(model, opt, xa, xv, noise, False, bf16)
             ref = make_step(model, opt, xa, xv, noise, True, bf16)
             for fn in (fast, ref):
@@ -162,7 +175,9 @@ def main() -> None:
                 f"floor {floor * 1e3:8.1f} ms  model/floor {t_fast / floor:5.2f}x",
                 flush=True,
             )
-    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    steal1 = cpu_ticks()
+    steal = 100 * (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    print(f"load average at end {os.getloadavg()[0]:.1f}; CPU steal during the run {steal:.0f}%")
     print()
     print(
         "| batch | precision | model step (ms) | reference step (ms) | speedup | GFLOP/step "

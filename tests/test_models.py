@@ -17,6 +17,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
+from avmdvae.models.mdvae import StaticEncoder
 from tests.reference_mdvae import reference_dsae, reference_mdvae
 
 torch.set_num_threads(1)
@@ -365,3 +366,26 @@ def test_bf16_autocast_cpu() -> None:
         loss.backward()
         assert torch.isfinite(loss) and metrics["perplexity"] >= 1
         assert f.shape[-1] == vq.feature_dim
+
+
+def test_static_encoder_matches_torch_gru() -> None:
+    """The hand-written bidirectional GRU (_BiGRUFinal) equals nn.GRU in value and gradient, with or without grad."""
+    torch.manual_seed(7)
+    enc = StaticEncoder(12, 10, 5).double()
+    e = torch.randn(7, 3, 12, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+
+    def via_torch_gru() -> tuple[torch.Tensor, torch.Tensor]:
+        h_n = enc.gru(e)[1]
+        mean, logvar = enc.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
+        return mean, logvar
+
+    for ours, ref in zip(enc(e), via_torch_gru(), strict=True):
+        _close(ours, ref, 1e-12)
+    params = [e, *enc.parameters()]
+    g_ours = torch.autograd.grad(sum((o * u).sum() for o, u in zip(enc(e), up, strict=True)), params)
+    g_ref = torch.autograd.grad(sum((o * u).sum() for o, u in zip(via_torch_gru(), up, strict=True)), params)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        _close(a, b, 1e-12)
+    with torch.no_grad():
+        _close(enc(e)[0], via_torch_gru()[0], 1e-12)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avmdvae.errors import AvmdvaeError
+from avmdvae.runtime import keep_freed_memory
 
 app = typer.Typer(
     name="avmdvae",
@@ -39,6 +40,7 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        keep_freed_memory()  # every command is heavy tensor work: reuse freed memory (see runtime.py)
         try:
             return fn(*args, **kwargs)
         except AvmdvaeError as e:

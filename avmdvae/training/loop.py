@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 import avmdvae
 from avmdvae.atomic import write_text
 from avmdvae.errors import ConfigError
+from avmdvae.runtime import keep_freed_memory
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.config import RESUMABLE_CHANGES, TrainSettings, diff, to_yaml, train_settings
 from avmdvae.training.distributed import (
@@ -276,6 +277,7 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
     s = train_settings(config)
     dist_info, device = init_distributed(options.device)
     main = dist_info.is_main
+    keep_freed_memory()
     if s.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs CUDA: use bf16 (--bf16) or fp32 on CPU/MPS")
 
@@ -308,6 +310,7 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
         lr=s.lr,
         betas=tuple(s.betas),  # type: ignore[arg-type]
         weight_decay=s.weight_decay,
+        fused=device.type in ("cpu", "cuda"),  # one kernel for all parameters instead of one per op
     )
     scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
     # All ranks share one RNG stream: tasks draw noise for the whole global batch and keep their
