@@ -369,7 +369,7 @@ def test_bf16_autocast_cpu() -> None:
 
 
 def test_static_encoder_matches_torch_gru() -> None:
-    """The hand-written bidirectional GRU (_BiGRUFinal) equals nn.GRU in value and gradient, with or without grad."""
+    """The hand-written bidirectional GRU (BiGRUFinal) equals nn.GRU in value and gradient, with or without grad."""
     torch.manual_seed(7)
     enc = StaticEncoder(12, 10, 5).double()
     e = torch.randn(7, 3, 12, dtype=torch.float64, requires_grad=True)

@@ -13,12 +13,11 @@ Inference model:
     q(z_t^a | e_t^a, w, g_t^a, z_t^av),   q(z_t^v | e_t^v, w, g_t^v, z_t^av)
 where g_t^c is the same GRU state over the chain's own past samples that parametrises its prior.
 
-Efficiency (DynamicalChains.forward): only the recurrence runs in a Python loop over time. Every
-matrix product that does not depend on it is batched over all frames: the input projections, the
-feature and w contributions to the posterior heads, the priors (from the stored states) and the
-decoders. Inside the loop the three chains advance together: one batched matmul (bmm over chains)
-for the sampled inputs of the three GRUs, one for their hidden states *and* the state part of the
-three posterior heads, one matmul for the z(av) head and one bmm for the z(a)/z(v) heads.
+Efficiency: only the recurrences run in Python loops over time, and each loop (the static encoder's
+bidirectional GRU, the three dynamical chains advanced together) is one autograd node with a
+hand-written backward (recurrence.py). Every matrix product that does not depend on a recurrence is
+batched over all frames: the input projections, the GRU input transforms, the feature and w parts of
+the posterior heads, the priors (from the stored states) and the decoders.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
 from avmdvae.models.config import MDVAEDims
+from avmdvae.models.recurrence import BiGRUFinal, chains_loop
 
 LOG_2PI = math.log(2.0 * math.pi)
 MDVAE_LATENTS = ("w", "zav", "za", "zv")
@@ -191,81 +191,11 @@ class FeatureProjection(nn.Module):
         return torch.tanh(self.fc(x))
 
 
-class _BiGRUFinal(torch.autograd.Function):
-    """Final states of a bidirectional GRU (PyTorch gate layout r, z, n) from precomputed input gates.
-
-    forward(gi (T, B, 2, 3H) input transforms incl. b_ih (direction 1 reads time backwards),
-            w_hh_t (2, H, 3H), b_hh (2, 1, 3H), for_backward) -> h_n (2, B, H).
-    One autograd node for the whole recurrence, both directions advanced together (one bmm per step).
-    With h' = n + z (h - n), n = tanh(a_n), a_n = gi_n + r gh_n, r = sig(a_r), z = sig(a_z), every
-    derivative factor that does not depend on the incoming gradient is formed in the forward step while
-    its operands are in cache, in five slots per unit:
-        [c_hn, c_r, c_z, c_n, z] = [c_n r, c_n gh_n r (1 - r), (h - n) z (1 - z), (1 - z)(1 - n^2), z]
-    so that a backward step is one multiply (dh times the slots = [d gh_n, d a_r, d a_z, d a_n, dh z])
-    and one bmm (dh_prev = dh z + d gh W_hh). Slots 0-2 are d gh in gate order (n, r, z), slots 1-3 the
-    input-gate gradient in order (r, z, n): both contiguous. Weight and bias gradients are one bmm each
-    over all frames afterwards.
-    """
-
-    @staticmethod
-    def forward(ctx, gi: Tensor, w_hh_t: Tensor, b_hh: Tensor, for_backward: bool) -> Tensor:  # type: ignore[override]
-        T, B, _, H3 = gi.shape
-        H = H3 // 3
-        hs = gi.new_empty(2, T + 1, B, H)  # hs[:, s] = state entering step s (direction-major for d_w)
-        hs[:, 0].zero_()
-        coef = gi.new_empty(2, T, B, 5, H) if for_backward else None
-        for s in range(T):
-            h = hs[:, s]
-            g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H), processing order
-            gh = torch.baddbmm(b_hh, h, w_hh_t)
-            a_rz = torch.add(g_in[..., : 2 * H], gh[..., : 2 * H])
-            r = a_rz[..., :H].sigmoid_()
-            # z straight into its backward slot (a strided copy afterwards costs more than the sigmoid)
-            z = a_rz[..., H:].sigmoid_() if coef is None else torch.sigmoid(a_rz[..., H:], out=coef[:, s, :, 4])
-            ghn = gh[..., 2 * H :]
-            n = torch.addcmul(g_in[..., 2 * H :], r, ghn).tanh_()
-            h_minus_n = h - n
-            torch.addcmul(n, z, h_minus_n, out=hs[:, s + 1])
-            if coef is not None:
-                c = coef[:, s]
-                one_minus_z = 1.0 - z
-                c_n = torch.addcmul(one_minus_z, one_minus_z * n, n, value=-1.0, out=c[:, :, 3])
-                c_hn = torch.mul(c_n, r, out=c[:, :, 0])
-                t = c_hn * ghn
-                torch.addcmul(t, t, r, value=-1.0, out=c[:, :, 1])
-                t = h_minus_n * z
-                torch.addcmul(t, t, z, value=-1.0, out=c[:, :, 2])
-        if coef is not None:
-            ctx.save_for_backward(w_hh_t, hs, coef)
-        return hs[:, T].clone()
-
-    @staticmethod
-    def backward(ctx, dh_n: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
-        w_hh_t, hs, coef = ctx.saved_tensors
-        _, T, B, _, H = coef.shape
-        # W_hh^T with its gate rows in slot order (n, r, z), contiguous: a transposed bmm operand is slow
-        w_nrz = torch.cat([w_hh_t[..., 2 * H :], w_hh_t[..., : 2 * H]], -1).transpose(1, 2).contiguous()
-        prod = torch.empty_like(coef)  # dh times the slots, per step
-        dgi = coef.new_empty(T, B, 2, 3 * H)
-        dh = dh_n.contiguous()
-        for s in range(T - 1, -1, -1):
-            p = torch.mul(dh[:, :, None], coef[:, s], out=prod[:, s]).view(2, B, 5 * H)
-            dgi[s, :, 0] = p[0, :, H : 4 * H]
-            dgi[T - 1 - s, :, 1] = p[1, :, H : 4 * H]
-            if s:
-                dh = torch.baddbmm(p[..., 4 * H :], p[..., : 3 * H], w_nrz)
-        dgh = prod.view(2, T * B, 5 * H)[..., : 3 * H]  # (2, T*B, 3H), gate order (n, r, z)
-        d_w = torch.bmm(hs[:, :T].reshape(2, T * B, H).transpose(1, 2), dgh)
-        d_b = torch.bmm(dgh.new_ones(2, 1, T * B), dgh)
-        d_w, d_b = (torch.cat([x[..., H:], x[..., :H]], -1) for x in (d_w, d_b))  # back to (r, z, n)
-        return dgi, d_w, d_b, None
-
-
 class StaticEncoder(nn.Module):
     """q(w | e_{1:T}): bidirectional GRU, final states of both directions -> Gaussian head (linear).
 
     The GRU's parameters live in an nn.GRU (its state-dict names); the recurrence runs in
-    `_BiGRUFinal` after one matmul for the input transforms of both directions over all frames.
+    `BiGRUFinal` after one matmul for the input transforms of both directions over all frames.
     """
 
     def __init__(self, in_dim: int, hidden: int, w_dim: int) -> None:
@@ -285,7 +215,7 @@ class StaticEncoder(nn.Module):
         b_hh = torch.stack([g.bias_hh_l0, g.bias_hh_l0_reverse])[:, None]  # (2, 1, 3H)
         for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (gi, w_hh_t, b_hh))
         with torch.autocast(e.device.type, enabled=False):
-            h_n = _BiGRUFinal.apply(gi, w_hh_t, b_hh, for_backward)  # (2, B, H): forward's last state, backward's first
+            h_n = BiGRUFinal.apply(gi, w_hh_t, b_hh, for_backward)  # (2, B, H): forward's last state, backward's first
         mean, logvar = self.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
         return mean, logvar
 
@@ -383,86 +313,58 @@ class DynamicalChains(nn.Module):
 
         state: ChainsResult.state of the previous frames (None: start of the sequence).
         """
-        specs, C, H, P, Zm, Dw = (
-            self.specs,
-            len(self.specs),
-            self.hidden,
-            self.post_hidden,
-            self.z_max,
-            self.w_dim,
-        )
+        specs, C, H, Zm, Dw = self.specs, len(self.specs), self.hidden, self.z_max, self.w_dim
         T, B = feats[0].shape[:2]
         K = C - 1
         Z0 = specs[0].z_dim
-        # posterior fc1 contributions of the frame features and w, for all frames at once
+        # Everything that does not depend on the recurrence is built here under autograd, batched over
+        # frames; the time loop itself is one autograd node with a hand-written backward (recurrence.py).
+        # posterior fc1 contributions of the frame features and w, for all frames: (C, T, B, P)
         fc1w = [p.fc1.weight for p in self.post]
-        A = [
-            F.linear(feats[c], fc1w[c][:, : s.feat_dim])
-            + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)
-            for c, s in enumerate(specs)
-        ]  # each (T, B, P)
-        # unbind once: per-step indexing A[t] would make autograd zero-fill a full-size gradient per step
-        a_root = A[0].unbind(0)
-        # GRU input weights (C, Zm, 3H); state weights fused with the heads' state columns (C, H, 3H+P)
-        w_ih = torch.stack([self._pad_rows(cell.weight_ih.t(), Zm) for cell in self.cells])
-        b_ih = torch.stack([cell.bias_ih for cell in self.cells])[:, None]
-        w_h = torch.stack(
+        a = torch.stack(
             [
-                torch.cat([cell.weight_hh.t(), fc1w[c][:, s.feat_dim + Dw : s.feat_dim + Dw + H].t()], 1)
-                for c, (cell, s) in enumerate(zip(self.cells, specs, strict=True))
+                F.linear(feats[c], fc1w[c][:, : s.feat_dim])
+                + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)
+                for c, s in enumerate(specs)
             ]
         )
-        b_h = torch.stack([F.pad(cell.bias_hh, (0, P)) for cell in self.cells])[:, None]
+        # the GRUs' weights and biases packed as (C, H + Zm + 1, 4H), columns [gh_n | r, u | gi_n]: rows :H
+        # state weights (columns :3H), rows H:H+Zm input weights (columns H:), last row the biases
+        w_hh = torch.stack([cell.weight_hh.t() for cell in self.cells])  # (C, H, 3H) columns r, u, n
+        w_ih = torch.stack([self._pad_rows(cell.weight_ih.t(), Zm) for cell in self.cells])  # (C, Zm, 3H)
+        b_ih = torch.stack([cell.bias_ih for cell in self.cells])[:, None]  # (C, 1, 3H)
+        b_hh = torch.stack([cell.bias_hh for cell in self.cells])[:, None]
+        w_big = torch.cat(
+            [
+                F.pad(torch.cat([w_hh[..., 2 * H :], w_hh[..., : 2 * H]], -1), (0, H)),
+                F.pad(w_ih, (H, 0)),
+                torch.cat([b_hh[..., 2 * H :], b_ih[..., : 2 * H] + b_hh[..., : 2 * H], b_ih[..., 2 * H :]], -1),
+            ],
+            1,
+        )
+        # state columns of the posterior fc1: (C, H, P)
+        w_ph = torch.stack([fc1w[c][:, s.feat_dim + Dw : s.feat_dim + Dw + H].t() for c, s in enumerate(specs)])
         root_out = self.post[0].fc2
+        w_pz = w_ko = b_ko = None
         if K:
-            a_kids = torch.stack(A[1:], 1).unbind(0)  # T x (K, B, P)
-            # children see z_t^root: (Z0, K*P) for one matmul; output layers padded to z_max (K, P, 2Zm)
+            # children see z_t^root: (Z0, K*P); their output layers padded to z_max: (K, P, 2Zm)
             w_pz = torch.cat([fc1w[c][:, specs[c].feat_dim + Dw + H :] for c in range(1, C)], 0).t()
             outs = [self._pad_gauss_out(self.post[c].fc2) for c in range(1, C)]
             w_ko = torch.stack([o[0] for o in outs])
             b_ko = torch.stack([o[1] for o in outs])[:, None]
-            eps_k = torch.stack([F.pad(eps[c], (0, Zm - specs[c].z_dim)) for c in range(1, C)], 1)
-        eps0 = eps[0]
+        eps_all = torch.stack([F.pad(e, (0, Zm - s.z_dim)) for e, s in zip(eps, specs, strict=True)])
 
         if state is None:
-            h = A[0].new_zeros(C, B, H)
-            gh_ru, gh_n, _ = b_h.expand(C, B, 3 * H + P).split([2 * H, H, P], -1)
-            zprev = A[0].new_zeros(C, B, Zm)
+            hz0 = a.new_zeros(C, B, H + Zm)
         else:  # continue a sequence: the state after the previous chunk's last frame
-            h, zprev = state
-            gh_ru, gh_n, _ = torch.baddbmm(b_h, h, w_h).split([2 * H, H, P], -1)
-        hs, root_o, z_root, kid_o, z_kids = [], [], [], [], []
-        # Lists + one torch.stack after the loop: writing into a preallocated buffer under autograd
-        # creates a CopySlices node per step whose backward copies the whole buffer (O(T^2)).
-        # split/chunk (not slicing) so that backward concatenates gradients instead of zero-filling.
-        for t in range(T):
-            gi_ru, gi_n = torch.baddbmm(b_ih, zprev, w_ih).split([2 * H, H], -1)  # (C, B, 3H)
-            r, u = torch.sigmoid(gi_ru + gh_ru).chunk(2, -1)
-            n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
-            h = torch.addcmul(n, u, h - n)  # (1 - u) * n + u * h
-            hs.append(h)
-            # (C, B, 3H + P): next step's state transform and this step's head input in one bmm
-            gh_ru, gh_n, ph = torch.baddbmm(b_h, h, w_h).split([2 * H, H, P], -1)
-            ph_root, ph_kids = ph.split([1, K], 0)
-            o0 = F.linear(torch.tanh(a_root[t] + ph_root[0]), root_out.weight, root_out.bias)  # (B, 2Z0)
-            m0, lv0 = o0.chunk(2, -1)
-            z0 = torch.addcmul(m0, torch.exp(0.5 * lv0), eps0[t])
-            root_o.append(o0)
-            z_root.append(z0)
-            if K:
-                pk = (z0 @ w_pz).view(B, K, P).transpose(0, 1)  # (K, B, P)
-                ok = torch.baddbmm(b_ko, torch.tanh(a_kids[t] + ph_kids + pk), w_ko)  # (K, B, 2Zm)
-                mk, lvk = ok.chunk(2, -1)
-                zk = torch.addcmul(mk, torch.exp(0.5 * lvk), eps_k[t])
-                kid_o.append(ok)
-                z_kids.append(zk)
-                z0p = F.pad(z0, (0, Zm - Z0)) if Z0 < Zm else z0
-                zprev = torch.cat([z0p[None], zk], 0)
-            else:
-                zprev = z0[None]
+            hz0 = torch.cat(state, -1)
+        # hs (C, T, B, H), zs (C, T, B, Zm), o_root (T, B, 2Z0), o_kid (K, T, B, 2Zm)
+        hs, zs, o_root, o_kid = chains_loop(
+            a, eps_all, hz0, w_big, w_ph, root_out.weight, root_out.bias, w_pz, w_ko, b_ko
+        )
 
         # priors from the stored states, batched over time and chains: (C, T*B, 2Zm)
-        hs_all = torch.stack(hs, 1).reshape(C, T * B, H)  # (C, T, B, H) -> (C, T*B, H)
+        hs_all = hs.reshape(C, T * B, H)
         w_p1 = torch.stack([p.fc1.weight.t() for p in self.prior])
         b_p1 = torch.stack([p.fc1.bias for p in self.prior])[:, None]
         pouts = [self._pad_gauss_out(p.fc2) for p in self.prior]
@@ -470,20 +372,18 @@ class DynamicalChains(nn.Module):
         b_p2 = torch.stack([o[1] for o in pouts])[:, None]
         prior = torch.baddbmm(b_p2, torch.tanh(torch.baddbmm(b_p1, hs_all, w_p1)), w_p2).view(C, T, B, 2 * Zm)
 
-        res = ChainsResult([], [], [], [], [], state=(h, zprev))
-        ro = torch.stack(root_o, 1)  # (B, T, 2Z0)
-        res.z.append(torch.stack(z_root, 1))
-        res.post_mean.append(ro[..., :Z0])
-        res.post_logvar.append(ro[..., Z0:])
-        if K:
-            ko = torch.stack(kid_o, 2)  # (K, B, T, 2Zm)
-            zk_all = torch.stack(z_kids, 2)  # (K, B, T, Zm)
+        res = ChainsResult([], [], [], [], [], state=(hs[:, -1], zs[:, -1]))
         for c, s in enumerate(specs):
             z = s.z_dim
+            res.z.append(zs[c].transpose(0, 1)[..., :z])  # (B, T, z)
             if c:
-                res.z.append(zk_all[c - 1, ..., :z])
-                res.post_mean.append(ko[c - 1, ..., :z])
-                res.post_logvar.append(ko[c - 1, ..., Zm : Zm + z])
+                o = o_kid[c - 1].transpose(0, 1)  # (B, T, 2Zm)
+                res.post_mean.append(o[..., :z])
+                res.post_logvar.append(o[..., Zm : Zm + z])
+            else:
+                o = o_root.transpose(0, 1)  # (B, T, 2Z0)
+                res.post_mean.append(o[..., :Z0])
+                res.post_logvar.append(o[..., Z0:])
             pc = prior[c].transpose(0, 1)  # (B, T, 2Zm)
             res.prior_mean.append(pc[..., :z])
             res.prior_logvar.append(pc[..., Zm : Zm + z])
