@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avmdvae.corpus import ClipRecord, Corpus, CorpusWriter, FrameDataset, PreprocessParams  # noqa: E402
 from avmdvae.models import AudioVQVAE, AudioVQVAEDims, VisualVQVAE, VisualVQVAEDims  # noqa: E402
+from avmdvae.runtime import keep_freed_memory  # noqa: E402
 from avmdvae.training.distributed import epoch_permutation  # noqa: E402
 
 BATCH = {"visual": 128, "audio": 256}  # models/vqvae-{visual,audio}.yaml
@@ -44,7 +45,7 @@ def build(modality: str, device: torch.device) -> tuple[torch.nn.Module, torch.o
     model = VisualVQVAE(VisualVQVAEDims()) if modality == "visual" else AudioVQVAE(AudioVQVAEDims())
     model.to(device)
     model.train()
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the training loop
 
 
 def step_time(
@@ -104,6 +105,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `avmdvae train` does
     device = torch.device(args.device)
     setups = {}
     for m in ("visual", "audio"):
