@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
 from avmdvae.models.config import MDVAEDims
-from avmdvae.models.recurrence import BiGRUFinal, chains_loop
+from avmdvae.models.recurrence import bigru_final, chains_loop
 
 LOG_2PI = math.log(2.0 * math.pi)
 MDVAE_LATENTS = ("w", "zav", "za", "zv")
@@ -93,12 +93,6 @@ def gaussian_kl_std(mq: Tensor, lvq: Tensor) -> Tensor:
     """Elementwise KL(N(mq, e^lvq) || N(0, 1)), float32."""
     mq, lvq = mq.float(), lvq.float()
     return 0.5 * (lvq.exp() + mq.pow(2) - 1.0 - lvq)
-
-
-def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise -log N(x; mean, e^logvar), float32 (logvar broadcasts, e.g. (D,))."""
-    lv = logvar.float()
-    return 0.5 * ((x.float() - mean.float()).pow(2) * torch.exp(-lv) + lv + LOG_2PI)
 
 
 class _HalfSquaredError(torch.autograd.Function):
@@ -195,7 +189,7 @@ class StaticEncoder(nn.Module):
     """q(w | e_{1:T}): bidirectional GRU, final states of both directions -> Gaussian head (linear).
 
     The GRU's parameters live in an nn.GRU (its state-dict names); the recurrence runs in
-    `BiGRUFinal` after one matmul for the input transforms of both directions over all frames.
+    `bigru_final` after one matmul for the input transforms of both directions over all frames.
     """
 
     def __init__(self, in_dim: int, hidden: int, w_dim: int) -> None:
@@ -209,13 +203,10 @@ class StaticEncoder(nn.Module):
         T, B = e.shape[:2]
         w_ih = torch.cat([g.weight_ih_l0, g.weight_ih_l0_reverse])  # (6H, in)
         b_ih = torch.cat([g.bias_ih_l0, g.bias_ih_l0_reverse])
-        dt = g.weight_hh_l0.dtype  # the recurrence runs in the parameters' dtype (also under autocast)
-        gi = F.linear(e, w_ih, b_ih).to(dt).view(T, B, 2, -1)  # (T, B, 2, 3H)
+        gi = F.linear(e, w_ih, b_ih).view(T, B, 2, -1)  # (T, B, 2, 3H)
         w_hh_t = torch.stack([g.weight_hh_l0.t(), g.weight_hh_l0_reverse.t()])  # (2, H, 3H)
         b_hh = torch.stack([g.bias_hh_l0, g.bias_hh_l0_reverse])[:, None]  # (2, 1, 3H)
-        for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (gi, w_hh_t, b_hh))
-        with torch.autocast(e.device.type, enabled=False):
-            h_n = BiGRUFinal.apply(gi, w_hh_t, b_hh, for_backward)  # (2, B, H): forward's last state, backward's first
+        h_n = bigru_final(gi, w_hh_t, b_hh)  # (2, B, H): forward's last state, backward's first
         mean, logvar = self.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
         return mean, logvar
 

@@ -292,6 +292,25 @@ class ChainsLoop(torch.autograd.Function):
         return d_a, d_eps, d_hz0, d_w_big, d_w_ph, d_w_root, d_b_root, d_w_pz, d_w_kid, d_b_kid, None
 
 
+def _run_loop(fn: type[torch.autograd.Function], dtype: torch.dtype, *args: Tensor | None) -> object:
+    """fn.apply(*args, needs_backward) with tensors cast to `dtype` and autocast off.
+
+    The recurrences run in the parameters' dtype also under autocast: low-precision state errors would
+    compound over frames. needs_backward is False under no_grad or when nothing requires grad, and
+    then the forward skips the backward coefficients and saves nothing.
+    """
+    args = tuple(None if x is None else x.to(dtype) for x in args)
+    needs_backward = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in args)
+    device = next(x for x in args if x is not None).device
+    with torch.autocast(device.type, enabled=False):
+        return fn.apply(*args, needs_backward)
+
+
+def bigru_final(gi: Tensor, w_hh_t: Tensor, b_hh: Tensor) -> Tensor:
+    """Final states (2, B, H) of a bidirectional GRU; see `BiGRUFinal` for the shapes."""
+    return _run_loop(BiGRUFinal, w_hh_t.dtype, gi, w_hh_t, b_hh)  # type: ignore[return-value]
+
+
 def chains_loop(
     a: Tensor,
     eps: Tensor,
@@ -304,14 +323,6 @@ def chains_loop(
     w_kid: Tensor | None = None,
     b_kid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run `ChainsLoop` (shapes in its docstring) in the weights' dtype with autocast off.
-
-    The recurrence runs in the parameters' dtype also under autocast (as StaticEncoder's GRU does):
-    low-precision state errors would compound over frames. -> (hs, zs, o_root, o_kid).
-    """
-    dt = w_big.dtype
-    args = (a.to(dt), eps.to(dt), hz0.to(dt), w_big, w_ph, w_root, b_root, w_pz, w_kid, b_kid)
-    # inference (no grad mode or nothing requires grad): skip the backward coefficients and saving
-    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in args)
-    with torch.autocast(a.device.type, enabled=False):
-        return ChainsLoop.apply(*args, grad)
+    """Run `ChainsLoop` (shapes in its docstring) -> (hs, zs, o_root, o_kid)."""
+    args = (a, eps, hz0, w_big, w_ph, w_root, b_root, w_pz, w_kid, b_kid)
+    return _run_loop(ChainsLoop, w_big.dtype, *args)  # type: ignore[return-value]
