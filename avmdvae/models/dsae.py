@@ -24,10 +24,10 @@ from avmdvae.models.mdvae import (
     StaticEncoder,
     assemble_elbo,
     check_seq,
+    decoder_nll,
     draw_noise,
     gaussian_kl,
     gaussian_kl_std,
-    gaussian_nll_total,
     resolve_beta,
 )
 
@@ -81,15 +81,11 @@ class DSAE(nn.Module):
         betas = resolve_beta(beta, DSAE_LATENTS)
         w, w_mean, w_logvar, ch = self._infer(x, noise, sample=True)
         z = ch.z[0]
-        x_mean = self.dec(w, z)
-        nll = {
-            self.modality: gaussian_nll_total(x, x_mean, self.obs_logvar if self.dims.learn_obs_var else None)
-        }
+        nll_x, res = decoder_nll(self.dec, w, z, x, self.obs_logvar if self.dims.learn_obs_var else None)
+        nll = {self.modality: nll_x}
         kl = {
             "w": gaussian_kl_std(w_mean, w_logvar).sum(1),
-            "z": gaussian_kl(ch.post_mean[0], ch.post_logvar[0], ch.prior_mean[0], ch.prior_logvar[0]).sum(
-                (1, 2)
-            ),
+            "z": gaussian_kl(ch.post_mean[0], ch.post_logvar[0], ch.prior_mean[0], ch.prior_logvar[0]).sum((1, 2)),
         }
         loss, elbo, terms = assemble_elbo(nll, kl, betas, kl_weight, x.shape[1])
         return SeqVAEOutput(
@@ -102,12 +98,10 @@ class DSAE(nn.Module):
                 "w": (torch.zeros_like(w_mean), torch.zeros_like(w_logvar)),
                 "z": (ch.prior_mean[0], ch.prior_logvar[0]),
             },
-            {self.modality: x_mean},
+            {self.modality: (x, res)},
         )
 
-    def encode(
-        self, x: Tensor, sample: bool = False, noise: Mapping[str, Tensor] | None = None
-    ) -> DSAELatents:
+    def encode(self, x: Tensor, sample: bool = False, noise: Mapping[str, Tensor] | None = None) -> DSAELatents:
         w, _, _, ch = self._infer(x, noise, sample)
         return DSAELatents(w, ch.z[0])
 

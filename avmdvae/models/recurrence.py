@@ -8,6 +8,8 @@ preallocated (.., T, ..) buffers and the backward loops over time with a few ops
 derivative coefficients that do not depend on the incoming gradient are computed in the forward (per
 frame, while the operands are in cache: batched passes over the (C, T, B, H) buffers cost more here than
 the ops they save), and every weight gradient is formed after the loop with one matmul over all T*B rows.
+For contiguous float32 CPU tensors both loops run in C instead (recurrence.c, loaded by native.py), filling
+the same buffers; the torch loops here are the reference and the fallback.
 
 Chains notation (C chains, chain 0 the root, K = C - 1 children of the root; GRU state H, posterior hidden P,
 z_max = Zm, root z size Z0, F = H + Zm + 1). Per frame t and chain c, with hz_{t-1} = [h_{t-1}, z_{t-1}, 1]:
@@ -27,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from avmdvae.models import native
 
 
 class BiGRUFinal(torch.autograd.Function):
@@ -52,7 +56,21 @@ class BiGRUFinal(torch.autograd.Function):
         hs = gi.new_empty(2, T + 1, B, H)  # hs[:, s] = state entering step s (direction-major for d_w)
         hs[:, 0].zero_()
         coef = gi.new_empty(2, T, B, 5, H) if for_backward else None
-        for s in range(T):
+        lib = native.usable(gi, w_hh_t, b_hh)
+        if lib is not None:
+            scratch = gi.new_empty(B, H3)
+            lib.avm_bigru_forward(
+                T,
+                B,
+                H,
+                gi.data_ptr(),
+                w_hh_t.data_ptr(),
+                b_hh.data_ptr(),
+                hs.data_ptr(),
+                None if coef is None else coef.data_ptr(),
+                scratch.data_ptr(),
+            )
+        for s in range(T if lib is None else 0):
             h = hs[:, s]
             g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H), processing order
             gh = torch.baddbmm(b_hh, h, w_hh_t)
@@ -83,21 +101,28 @@ class BiGRUFinal(torch.autograd.Function):
         _, T, B, _, H = coef.shape
         # W_hh^T with its gate rows in slot order (n, r, z), contiguous: a transposed bmm operand is slow
         w_nrz = torch.cat([w_hh_t[..., 2 * H :], w_hh_t[..., : 2 * H]], -1).transpose(1, 2).contiguous()
-        prod = torch.empty_like(coef)  # dh times the slots, per step
         dgi = coef.new_empty(T, B, 2, 3 * H)
-        dh = dh_n.contiguous()
-        for s in range(T - 1, -1, -1):
-            p = torch.mul(dh[:, :, None], coef[:, s], out=prod[:, s]).view(2, B, 5 * H)
-            dgi[s, :, 0] = p[0, :, H : 4 * H]
-            dgi[T - 1 - s, :, 1] = p[1, :, H : 4 * H]
-            if s:
-                dh = torch.baddbmm(p[..., 4 * H :], p[..., : 3 * H], w_nrz)
-        dgh = prod.view(2, T * B, 5 * H)[..., : 3 * H]  # (2, T*B, 3H), gate order (n, r, z)
+        lib = native.usable(coef, w_nrz)
+        if lib is not None:
+            dh = dh_n.to(coef.dtype, copy=True).contiguous()
+            dgh = coef.new_empty(2, T * B, 3 * H)
+            lib.avm_bigru_backward(
+                T, B, H, coef.data_ptr(), w_nrz.data_ptr(), dh.data_ptr(), dgh.data_ptr(), dgi.data_ptr()
+            )
+        else:
+            prod = torch.empty_like(coef)  # dh times the slots, per step
+            dh = dh_n.contiguous()
+            for s in range(T - 1, -1, -1):
+                p = torch.mul(dh[:, :, None], coef[:, s], out=prod[:, s]).view(2, B, 5 * H)
+                dgi[s, :, 0] = p[0, :, H : 4 * H]
+                dgi[T - 1 - s, :, 1] = p[1, :, H : 4 * H]
+                if s:
+                    dh = torch.baddbmm(p[..., 4 * H :], p[..., : 3 * H], w_nrz)
+            dgh = prod.view(2, T * B, 5 * H)[..., : 3 * H]  # (2, T*B, 3H), gate order (n, r, z)
         d_w = torch.bmm(hs[:, :T].reshape(2, T * B, H).transpose(1, 2), dgh)
         d_b = torch.bmm(dgh.new_ones(2, 1, T * B), dgh)
         d_w, d_b = (torch.cat([x[..., H:], x[..., :H]], -1) for x in (d_w, d_b))  # back to (r, z, n)
         return dgi, d_w, d_b, None
-
 
 
 class ChainsLoop(torch.autograd.Function):
@@ -133,23 +158,25 @@ class ChainsLoop(torch.autograd.Function):
         hz = a.new_empty(C, T + 1, B, H + Zm + 1)  # [h_t, z_t, 1]; index 0 = initial state
         hz[:, 0, :, :-1] = hz0
         hz[..., -1] = 1.0
-        g = a.new_empty(C, T, B, 4 * H)
         ru = a.new_empty(C, T, B, 2 * H)
-        n = a.new_empty(C, T, B, H)
         act = a.new_empty(C, T, B, P)  # tanh of the posterior fc1
         std = a.new_empty(C, T, B, Zm)
         o_root = a.new_empty(T, B, 2 * Z0)
         o_kid = a.new_empty(K, T, B, 2 * Zm)
+        # d G_t = dh_t * k4_t with blocks [gh_n, r, u, gi_n]; tanh' of the heads
+        k4 = a.new_empty(C, T, B, 4, H) if grad else None
+        dact = a.new_empty(C, T, B, P) if grad else None
         if Z0 < Zm:  # the root's padded z / std columns are never written
             hz[0, 1:, :, H + Z0 : H + Zm] = 0
             std[0, ..., Z0:] = 0
         # The logvar halves of the output layers are pre-scaled by 1/2 so that exp() of the output is
-        # the std (one op less per head and frame); logvar = 2 * that, once after the loop. Exact:
-        # scaling by a power of two commutes with rounding.
+        # the std (one op less per head and frame); logvar = 2 * that, once after the torch loop (per row in
+        # the C one). Exact: scaling by a power of two commutes with rounding.
         w_root_s = w_root.t().contiguous()  # (P, 2 Z0)
         w_root_s[:, Z0:] *= 0.5
         b_root_s = b_root.clone()
         b_root_s[Z0:] *= 0.5
+        w_kid_s = b_kid_s = w_pz_k = None
         if K:
             assert w_pz is not None and w_kid is not None and b_kid is not None
             w_kid_s = w_kid.clone()
@@ -157,49 +184,56 @@ class ChainsLoop(torch.autograd.Function):
             b_kid_s = b_kid.clone()
             b_kid_s[..., Zm:] *= 0.5
             w_pz_k = w_pz.view(Z0, K, P).transpose(0, 1).contiguous()  # (K, Z0, P)
-        # per-frame views, made once (unbind is one call for all frames; slicing in the loop is not free)
-        hz_v, g_v = hz.unbind(1), g.unbind(1)
-        h_v = hz[..., :H].unbind(1)
-        z0_v = hz[0, :, :, H : H + Z0].unbind(0)
-        zk_v = hz[1:, :, :, H : H + Zm].unbind(1)
-        ghn_v, gru_v, gin_v = g[..., :H].unbind(1), g[..., H : 3 * H].unbind(1), g[..., 3 * H :].unbind(1)
-        ru_v, r_v, u_v, n_v = ru.unbind(1), ru[..., :H].unbind(1), ru[..., H:].unbind(1), n.unbind(1)
-        a_v, act_v, act0_v, actk_v = a.unbind(1), act.unbind(1), act[0].unbind(0), act[1:].unbind(1)
-        s0_v, sk_v = std[0, ..., :Z0].unbind(0), std[1:].unbind(1)
-        e0_v, ek_v = eps[0, ..., :Z0].unbind(0), eps[1:].unbind(1)
-        or_v, orm_v, ors_v = o_root.unbind(0), o_root[..., :Z0].unbind(0), o_root[..., Z0:].unbind(0)
-        ok_v, okm_v, oks_v = o_kid.unbind(1), o_kid[..., :Zm].unbind(1), o_kid[..., Zm:].unbind(1)
-        if grad:
-            # d G_t = dh_t * k4_t with blocks [gh_n, r, u, gi_n]; tanh' of the heads
-            k4 = a.new_empty(C, T, B, 4, H)
-            dact = a.new_empty(C, T, B, P)
-            kg_v, kr_v, ku_v, kn_v = (k4[..., i, :].unbind(1) for i in range(4))
-            dact_v = dact.unbind(1)
-            one = a.new_ones(())
-        for t in range(T):
-            torch.bmm(hz_v[t], w_big, out=g_v[t])
-            r, u = r_v[t], u_v[t]
-            torch.sigmoid(gru_v[t], out=ru_v[t])
-            torch.tanh(torch.addcmul(gin_v[t], r, ghn_v[t]), out=n_v[t])
-            h = torch.lerp(n_v[t], h_v[t], u, out=h_v[t + 1])  # n + u * (h_prev - n)
-            pre = torch.baddbmm(a_v[t], h, w_ph)  # (C, B, P)
-            torch.addmm(b_root_s, torch.tanh(pre[0], out=act0_v[t]), w_root_s, out=or_v[t])
-            z0 = torch.addcmul(orm_v[t], torch.exp(ors_v[t], out=s0_v[t]), e0_v[t], out=z0_v[t + 1])
-            if K:
-                pk = pre[1:].baddbmm_(z0.expand(K, B, Z0), w_pz_k)
-                torch.baddbmm(b_kid_s, torch.tanh(pk, out=actk_v[t]), w_kid_s, out=ok_v[t])
-                torch.addcmul(okm_v[t], torch.exp(oks_v[t], out=sk_v[t]), ek_v[t], out=zk_v[t + 1])
+        kid_w = [x for x in (w_kid_s, b_kid_s, w_pz_k) if x is not None]
+        lib = native.usable(a, eps, w_big, w_ph, w_root_s, b_root_s, *kid_w)
+        if lib is not None:  # the same buffers filled by one C call (n and G are not stored)
+            bufs = (a, eps, hz, w_big, w_ph, w_root_s, b_root_s, w_kid_s, b_kid_s, w_pz_k)
+            bufs += (ru, act, std, o_root, o_kid, k4, dact, a.new_empty(B, 4 * H))
+            lib.avm_chains_forward(C, T, B, H, P, Zm, Z0, *(None if x is None else x.data_ptr() for x in bufs))
+        else:
+            g = a.new_empty(C, T, B, 4 * H)
+            n = a.new_empty(C, T, B, H)
+            # per-frame views, made once (unbind is one call for all frames; slicing in the loop is not free)
+            hz_v, g_v = hz.unbind(1), g.unbind(1)
+            h_v = hz[..., :H].unbind(1)
+            z0_v = hz[0, :, :, H : H + Z0].unbind(0)
+            zk_v = hz[1:, :, :, H : H + Zm].unbind(1)
+            ghn_v, gru_v, gin_v = g[..., :H].unbind(1), g[..., H : 3 * H].unbind(1), g[..., 3 * H :].unbind(1)
+            ru_v, r_v, u_v, n_v = ru.unbind(1), ru[..., :H].unbind(1), ru[..., H:].unbind(1), n.unbind(1)
+            a_v, act_v, act0_v, actk_v = a.unbind(1), act.unbind(1), act[0].unbind(0), act[1:].unbind(1)
+            s0_v, sk_v = std[0, ..., :Z0].unbind(0), std[1:].unbind(1)
+            e0_v, ek_v = eps[0, ..., :Z0].unbind(0), eps[1:].unbind(1)
+            or_v, orm_v, ors_v = o_root.unbind(0), o_root[..., :Z0].unbind(0), o_root[..., Z0:].unbind(0)
+            ok_v, okm_v, oks_v = o_kid.unbind(1), o_kid[..., :Zm].unbind(1), o_kid[..., Zm:].unbind(1)
             if grad:
-                omu = 1.0 - u
-                kn = torch.mul(torch.addcmul(one, n_v[t], n_v[t], value=-1.0), omu, out=kn_v[t])  # (1-u)(1-n^2)
-                kg = torch.mul(kn, r, out=kg_v[t])  # * r
-                kr = torch.mul(kg, ghn_v[t], out=kr_v[t])
-                kr.addcmul_(kr, r, value=-1.0)  # * gh_n * (1 - r)
-                ku = torch.mul(h_v[t] - n_v[t], u, out=ku_v[t])
-                ku.mul_(omu)  # (h_prev - n) u (1 - u)
-                torch.addcmul(one, act_v[t], act_v[t], value=-1.0, out=dact_v[t])
-        o_root[..., Z0:] *= 2.0
-        o_kid[..., Zm:] *= 2.0
+                assert k4 is not None and dact is not None
+                kg_v, kr_v, ku_v, kn_v = (k4[..., i, :].unbind(1) for i in range(4))
+                dact_v = dact.unbind(1)
+                one = a.new_ones(())
+            for t in range(T):
+                torch.bmm(hz_v[t], w_big, out=g_v[t])
+                r, u = r_v[t], u_v[t]
+                torch.sigmoid(gru_v[t], out=ru_v[t])
+                torch.tanh(torch.addcmul(gin_v[t], r, ghn_v[t]), out=n_v[t])
+                h = torch.lerp(n_v[t], h_v[t], u, out=h_v[t + 1])  # n + u * (h_prev - n)
+                pre = torch.baddbmm(a_v[t], h, w_ph)  # (C, B, P)
+                torch.addmm(b_root_s, torch.tanh(pre[0], out=act0_v[t]), w_root_s, out=or_v[t])
+                z0 = torch.addcmul(orm_v[t], torch.exp(ors_v[t], out=s0_v[t]), e0_v[t], out=z0_v[t + 1])
+                if K:
+                    pk = pre[1:].baddbmm_(z0.expand(K, B, Z0), w_pz_k)
+                    torch.baddbmm(b_kid_s, torch.tanh(pk, out=actk_v[t]), w_kid_s, out=ok_v[t])
+                    torch.addcmul(okm_v[t], torch.exp(oks_v[t], out=sk_v[t]), ek_v[t], out=zk_v[t + 1])
+                if grad:
+                    omu = 1.0 - u
+                    kn = torch.mul(torch.addcmul(one, n_v[t], n_v[t], value=-1.0), omu, out=kn_v[t])  # (1-u)(1-n^2)
+                    kg = torch.mul(kn, r, out=kg_v[t])  # * r
+                    kr = torch.mul(kg, ghn_v[t], out=kr_v[t])
+                    kr.addcmul_(kr, r, value=-1.0)  # * gh_n * (1 - r)
+                    ku = torch.mul(h_v[t] - n_v[t], u, out=ku_v[t])
+                    ku.mul_(omu)  # (h_prev - n) u (1 - u)
+                    torch.addcmul(one, act_v[t], act_v[t], value=-1.0, out=dact_v[t])
+            o_root[..., Z0:] *= 2.0
+            o_kid[..., Zm:] *= 2.0
         if grad:
             ctx.save_for_backward(hz, k4, ru, dact, act, std, eps, w_big, w_ph, w_root, w_pz, w_kid)
         return hz[:, 1:, :, :H], hz[:, 1:, :, H : H + Zm], o_root, o_kid
@@ -215,48 +249,59 @@ class ChainsLoop(torch.autograd.Function):
         Z0, K = w_root.shape[0] // 2, C - 1
         TB = T * B
         u = ru[..., H:]
-        # d o = d o_out + dz * [1, std * eps / 2] (mean, logvar halves)
-        coef = std * eps * 0.5
-        c0 = torch.stack([torch.ones_like(coef[0, ..., :Z0]), coef[0, ..., :Z0]], 2)  # (T, B, 2, Z0)
         # dhz_t = [dh_t, dz_t] from outside and from G_{t+1}; the root's dz_t also gets the kids' part
         dhz = torch.cat([d_hs, d_zs], -1)  # (C, T, B, H + Zm), accumulated in place
         dg = ru.new_empty(C, T, B, 4 * H)
         dpre = ru.new_empty(T, B, C, P)  # (B, C, P) per frame: the kids' part is one (B, K*P) matrix
         d_o0 = ru.new_empty(T, B, 2 * Z0)
+        d_ok = ru.new_empty(K, T, B, 2 * Zm)
         w_big_t = w_big[:, :-1].transpose(1, 2).contiguous()  # (C, 4H, H + Zm): contiguous operands are faster
         w_ph_t = w_ph.transpose(1, 2).contiguous()  # (C, P, H)
-        dhz_v, dh_in_v = dhz.unbind(1), dhz[..., :H].unbind(1)
-        dz0_v = dhz[0, :, :, H : H + Z0].unbind(0)
-        dg_v, dg4_v, k4_v, u_v = dg.unbind(1), dg.view(C, T, B, 4, H).unbind(1), k4.unbind(1), u.unbind(1)
-        dpre_t_v, dpre0_v = dpre.transpose(1, 2).unbind(0), dpre[:, :, 0].unbind(0)
-        dact0_v = dact[0].unbind(0)
-        dd0_v, d_root_v, c0_v = d_o0.unbind(0), d_root.view(T, B, 2, Z0).unbind(0), c0.unbind(0)
-        d_o0_v = d_o0.view(T, B, 2, Z0).unbind(0)
+        w_kid_t = w_pz_t = None
         if K:
             assert w_pz is not None and w_kid is not None
-            ck = torch.stack([torch.ones_like(coef[1:]), coef[1:]], 3)  # (K, T, B, 2, Zm)
-            d_ok = ru.new_empty(K, T, B, 2 * Zm)
             w_kid_t = w_kid.transpose(1, 2).contiguous()  # (K, 2 Zm, P)
             w_pz_t = w_pz.t().contiguous()  # (K P, Z0)
-            dzk_v = dhz[1:, :, :, None, H:].unbind(1)
-            ck_v, d_kid_v = ck.unbind(1), d_kid.view(K, T, B, 2, Zm).unbind(1)
-            dok_v, dok4_v = d_ok.unbind(1), d_ok.view(K, T, B, 2, Zm).unbind(1)
-            dactk_v = dact[1:].unbind(1)
-            dprek_v = dpre[:, :, 1:].transpose(1, 2).unbind(0)  # (K, B, P) each
-            dprek_flat_v = dpre[:, :, 1:].flatten(2).unbind(0)  # (B, K P) each
-        dh = dhz.new_empty(0)
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                dhz_v[t].baddbmm_(dg_v[t + 1], w_big_t)
+        d_root, d_kid = d_root.contiguous(), d_kid.contiguous()
+        kid_w = [x for x in (w_kid_t, w_pz_t) if x is not None]
+        lib = native.usable(k4, ru, dact, std, eps, w_root, d_root, d_kid, *kid_w)
+        if lib is not None:  # the loop below in one C call, into the same buffers
+            dh = dhz.new_empty(C, B, H)
+            bufs = (k4, ru, dact, std, eps, w_big_t, w_ph_t, w_root, w_kid_t, w_pz_t, d_root, d_kid)
+            bufs += (dhz, dg, dpre, d_o0, d_ok, dh)
+            lib.avm_chains_backward(C, T, B, H, P, Zm, Z0, *(None if x is None else x.data_ptr() for x in bufs))
+        else:
+            # d o = d o_out + dz * [1, std * eps / 2] (mean, logvar halves)
+            coef = std * eps * 0.5
+            c0 = torch.stack([torch.ones_like(coef[0, ..., :Z0]), coef[0, ..., :Z0]], 2)  # (T, B, 2, Z0)
+            dhz_v, dh_in_v = dhz.unbind(1), dhz[..., :H].unbind(1)
+            dz0_v = dhz[0, :, :, H : H + Z0].unbind(0)
+            dg_v, dg4_v, k4_v, u_v = dg.unbind(1), dg.view(C, T, B, 4, H).unbind(1), k4.unbind(1), u.unbind(1)
+            dpre_t_v, dpre0_v = dpre.transpose(1, 2).unbind(0), dpre[:, :, 0].unbind(0)
+            dact0_v = dact[0].unbind(0)
+            dd0_v, d_root_v, c0_v = d_o0.unbind(0), d_root.view(T, B, 2, Z0).unbind(0), c0.unbind(0)
+            d_o0_v = d_o0.view(T, B, 2, Z0).unbind(0)
             if K:
-                torch.addcmul(d_kid_v[t], dzk_v[t], ck_v[t], out=dok4_v[t])
-                torch.mul(torch.bmm(dok_v[t], w_kid_t), dactk_v[t], out=dprek_v[t])
-                dz0_v[t].addmm_(dprek_flat_v[t], w_pz_t)
-            torch.addcmul(d_root_v[t], dz0_v[t][:, None], c0_v[t], out=d_o0_v[t])
-            torch.mul(torch.mm(dd0_v[t], w_root), dact0_v[t], out=dpre0_v[t])
-            dh_in = dh_in_v[t] if t == T - 1 else torch.addcmul(dh_in_v[t], dh, u_v[t + 1])
-            dh = torch.baddbmm(dh_in, dpre_t_v[t], w_ph_t)  # (C, B, H)
-            torch.mul(dh[:, :, None], k4_v[t], out=dg4_v[t])
+                ck = torch.stack([torch.ones_like(coef[1:]), coef[1:]], 3)  # (K, T, B, 2, Zm)
+                dzk_v = dhz[1:, :, :, None, H:].unbind(1)
+                ck_v, d_kid_v = ck.unbind(1), d_kid.view(K, T, B, 2, Zm).unbind(1)
+                dok_v, dok4_v = d_ok.unbind(1), d_ok.view(K, T, B, 2, Zm).unbind(1)
+                dactk_v = dact[1:].unbind(1)
+                dprek_v = dpre[:, :, 1:].transpose(1, 2).unbind(0)  # (K, B, P) each
+                dprek_flat_v = dpre[:, :, 1:].flatten(2).unbind(0)  # (B, K P) each
+            dh = dhz.new_empty(0)
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    dhz_v[t].baddbmm_(dg_v[t + 1], w_big_t)
+                if K:
+                    torch.addcmul(d_kid_v[t], dzk_v[t], ck_v[t], out=dok4_v[t])
+                    torch.mul(torch.bmm(dok_v[t], w_kid_t), dactk_v[t], out=dprek_v[t])
+                    dz0_v[t].addmm_(dprek_flat_v[t], w_pz_t)
+                torch.addcmul(d_root_v[t], dz0_v[t][:, None], c0_v[t], out=d_o0_v[t])
+                torch.mul(torch.mm(dd0_v[t], w_root), dact0_v[t], out=dpre0_v[t])
+                dh_in = dh_in_v[t] if t == T - 1 else torch.addcmul(dh_in_v[t], dh, u_v[t + 1])
+                dh = torch.baddbmm(dh_in, dpre_t_v[t], w_ph_t)  # (C, B, H)
+                torch.mul(dh[:, :, None], k4_v[t], out=dg4_v[t])
 
         need = ctx.needs_input_grad  # type: ignore[attr-defined]
         dg_all = dg.view(C, TB, 4 * H)

@@ -1,0 +1,112 @@
+"""The native (C) time loops agree with the PyTorch loops they replace, and switch off cleanly."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from avmdvae.models import DSAE, MDVAE, DSAEDims, MDVAEDims, native
+from avmdvae.models.recurrence import bigru_final
+
+needs_native = pytest.mark.skipif(
+    native.library() is None, reason="no C compiler or no sgemm exported by this PyTorch build"
+)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def test_native_library_is_built_where_a_compiler_exists() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    if native._torch_sgemm() is None:
+        pytest.skip("this PyTorch build exports no sgemm_")
+    assert native.library() is not None
+
+
+def test_build_writes_once_into_the_cache(tmp_path, monkeypatch) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setenv("AVMDVAE_CACHE", str(tmp_path))
+    first = native.build()
+    assert first is not None and first.parent == tmp_path and first.stat().st_size > 0
+    mtime = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_switched_off_by_environment(monkeypatch) -> None:
+    monkeypatch.setenv("AVMDVAE_NATIVE", "0")
+    assert native.library() is None
+    assert native.usable(torch.zeros(2)) is None
+
+
+@needs_native
+def test_usable_only_for_contiguous_float32_cpu() -> None:
+    x = torch.zeros(4, 3)
+    assert native.usable(x) is not None
+    assert native.usable(x.double()) is None
+    assert native.usable(x.t()) is None
+
+
+def _bigru_run(monkeypatch, use_native: bool):
+    monkeypatch.setenv("AVMDVAE_NATIVE", "1" if use_native else "0")
+    g = torch.Generator().manual_seed(0)
+    T, B, H = 9, 5, 24
+    gi = torch.randn(T, B, 2, 3 * H, generator=g).requires_grad_()
+    w = (0.3 * torch.randn(2, H, 3 * H, generator=g)).requires_grad_()
+    b = (0.3 * torch.randn(2, 1, 3 * H, generator=g)).requires_grad_()
+    out = bigru_final(gi, w, b)
+    out.backward(torch.randn(out.shape, generator=g))
+    return out.detach(), gi.grad, w.grad, b.grad
+
+
+@needs_native
+def test_bigru_native_matches_torch_loop(monkeypatch) -> None:
+    for ours, ref in zip(_bigru_run(monkeypatch, True), _bigru_run(monkeypatch, False), strict=True):
+        assert _rel_err(ours, ref) < 1e-5
+
+
+def _step(monkeypatch, use_native: bool, model: torch.nn.Module, inputs, noise):
+    monkeypatch.setenv("AVMDVAE_NATIVE", "1" if use_native else "0")
+    model.zero_grad(set_to_none=True)
+    out = model(*inputs, noise=noise)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    return [out.loss.detach(), *(x.detach() for x in out.latents), *grads]
+
+
+@needs_native
+def test_mdvae_step_native_matches_torch_loops(monkeypatch) -> None:
+    torch.manual_seed(0)
+    d = MDVAEDims(feat_a=64, feat_v=96, proj_a=32, proj_v=48, w_hidden=40, chain_hidden=24)
+    m = MDVAE(d)
+    B, T = 4, 11
+    inputs = (torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v))
+    noise = {
+        "w": torch.randn(B, d.w_dim),
+        "zav": torch.randn(B, T, d.zav_dim),
+        "za": torch.randn(B, T, d.za_dim),
+        "zv": torch.randn(B, T, d.zv_dim),
+    }
+    ours = _step(monkeypatch, True, m, inputs, noise)
+    ref = _step(monkeypatch, False, m, inputs, noise)
+    for a, b in zip(ours, ref, strict=True):
+        assert _rel_err(a, b) < 1e-4
+
+
+@needs_native
+def test_dsae_step_native_matches_torch_loops(monkeypatch) -> None:
+    torch.manual_seed(1)
+    d = DSAEDims.tiny(feat=20)
+    m = DSAE(d, "audio")
+    B, T = 3, 8
+    noise = {"w": torch.randn(B, d.w_dim), "z": torch.randn(B, T, m.z_dim)}
+    x = torch.randn(B, T, d.feat)
+    ours = _step(monkeypatch, True, m, (x,), noise)
+    ref = _step(monkeypatch, False, m, (x,), noise)
+    for a, b in zip(ours, ref, strict=True):
+        assert _rel_err(a, b) < 1e-4
