@@ -2,10 +2,11 @@
 
 A step = zero_grad + forward + backward + AdamW step (fused, as the training loop runs it), reference
 sizes (MDVAEDims()), T = 30.
-For each batch size and precision (fp32, bf16 autocast) both implementations run in the same process,
-interleaved, medians of several repeats. The floor is the step's matrix-product FLOPs (counted
-analytically from the dims) divided by this machine's fp32 (or bf16) matmul rate, measured in the same
-run with torch.mm on the model's big shapes.
+For each batch size and precision (fp32, bf16 autocast) three contenders run in the same process,
+interleaved, medians of several repeats: the model with its native (C) time loops, the same model with
+its PyTorch loops (AVMDVAE_NATIVE=0), and the step-by-step reference. The floor is the step's
+matrix-product FLOPs (counted analytically from the dims) divided by this machine's fp32 (or bf16)
+matmul rate, measured in the same run with torch.mm on the model's big shapes (the best of them).
 
     .venv/bin/python bench/bench_mdvae.py [--repeats 7] [--batches 8 64] [--threads 2] [--device cpu]
 """
@@ -102,8 +103,9 @@ def matmul_rate(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, repeats: int) 
     return best
 
 
-def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool):
+def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool, use_native: bool = True):
     def step() -> None:
+        os.environ["AVMDVAE_NATIVE"] = "1" if use_native else "0"  # read by native.library() at each call
         opt.zero_grad(set_to_none=True)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
@@ -132,8 +134,11 @@ def main() -> None:
     torch.manual_seed(0)
     d = MDVAEDims()
     T = args.T
+    from avmdvae.models import native
+
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={T}, repeats {args.repeats}, "
+        f"native loops {'on' if native.library() is not None else 'UNAVAILABLE (both columns run PyTorch loops)'}, "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
     rows = []
@@ -153,23 +158,25 @@ def main() -> None:
             model = MDVAE(d)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the training loop's optimiser
             fast = make_step(model, opt, xa, xv, noise, False, bf16)
+            torch_loops = make_step(model, opt, xa, xv, noise, False, bf16, use_native=False)
             ref = make_step(model, opt, xa, xv, noise, True, bf16)
-            for fn in (fast, ref):
+            for fn in (fast, torch_loops, ref):
                 for _ in range(args.warmup):
                     fn()
-            tf, tr = [], []
-            for _ in range(args.repeats):  # interleaved so that load changes hit both alike
-                for fn, acc in ((fast, tf), (ref, tr)):
+            tf, tt, tr = [], [], []
+            for _ in range(args.repeats):  # interleaved so that load changes hit all alike
+                for fn, acc in ((fast, tf), (torch_loops, tt), (ref, tr)):
                     t0 = time.perf_counter()
                     fn()
                     acc.append(time.perf_counter() - t0)
-            t_fast, t_ref = statistics.median(tf), statistics.median(tr)
+            t_fast, t_torch, t_ref = statistics.median(tf), statistics.median(tt), statistics.median(tr)
             floor = fl["total"] / rate
             rows.append(
-                (B, prec, t_fast, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor)
+                (B, prec, t_fast, t_torch, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor)
             )
             print(
-                f"B={B:4d} {prec}: model {t_fast * 1e3:8.1f} ms  reference {t_ref * 1e3:8.1f} ms  "
+                f"B={B:4d} {prec}: model {t_fast * 1e3:8.1f} ms (PyTorch loops {t_torch * 1e3:8.1f})  "
+                f"reference {t_ref * 1e3:8.1f} ms  "
                 f"speedup {t_ref / t_fast:5.2f}x  {fl['total'] / 1e9:6.2f} GFLOP  "
                 f"mm rate {rate / 1e9:6.1f} GFLOP/s  "
                 f"floor {floor * 1e3:8.1f} ms  model/floor {t_fast / floor:5.2f}x",
@@ -180,13 +187,13 @@ def main() -> None:
     print(f"load average at end {os.getloadavg()[0]:.1f}; CPU steal during the run {steal:.0f}%")
     print()
     print(
-        "| batch | precision | model step (ms) | reference step (ms) | speedup | GFLOP/step "
-        "| matmul GFLOP/s | floor (ms) | model / floor |"
+        "| batch | precision | model step (ms) | same, PyTorch loops (ms) | reference step (ms) | speedup "
+        "| GFLOP/step | matmul GFLOP/s | floor (ms) | model / floor |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for B, prec, tf_, tr_, sp, gf, r, fl_, ratio in rows:
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for B, prec, tf_, tt_, tr_, sp, gf, r, fl_, ratio in rows:
         print(
-            f"| {B} | {prec} | {tf_ * 1e3:.1f} | {tr_ * 1e3:.1f} | {sp:.2f}x | {gf:.2f} | {r:.1f} "
+            f"| {B} | {prec} | {tf_ * 1e3:.1f} | {tt_ * 1e3:.1f} | {tr_ * 1e3:.1f} | {sp:.2f}x | {gf:.2f} | {r:.1f} "
             f"| {fl_ * 1e3:.1f} | {ratio:.2f}x |"
         )
 

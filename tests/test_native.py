@@ -84,7 +84,7 @@ def test_mdvae_step_native_matches_torch_loops(monkeypatch) -> None:
     torch.manual_seed(0)
     d = MDVAEDims(feat_a=64, feat_v=96, proj_a=32, proj_v=48, w_hidden=40, chain_hidden=24)
     m = MDVAE(d)
-    B, T = 4, 11
+    B, T = 13, 11  # >= 8 rows: the C loops split the batch over threads where there are two
     inputs = (torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v))
     noise = {
         "w": torch.randn(B, d.w_dim),
@@ -103,7 +103,7 @@ def test_dsae_step_native_matches_torch_loops(monkeypatch) -> None:
     torch.manual_seed(1)
     d = DSAEDims.tiny(feat=20)
     m = DSAE(d, "audio")
-    B, T = 3, 8
+    B, T = 9, 8
     noise = {"w": torch.randn(B, d.w_dim), "z": torch.randn(B, T, m.z_dim)}
     x = torch.randn(B, T, d.feat)
     ours = _step(monkeypatch, True, m, (x,), noise)

@@ -113,6 +113,7 @@ class _HalfSquaredError(torch.autograd.Function):
         wr = r if prec is None else r * prec
         ctx.save_for_backward(wr, r if prec is not None and ctx.needs_input_grad[2] else None)
         ctx.mark_non_differentiable(r)
+        ctx.set_materialize_grads(False)  # r gets no gradient: no (N, D) zero tensor for it
         return 0.5 * torch.dot(r.reshape(-1), wr.reshape(-1)), r
 
     @staticmethod
@@ -141,6 +142,7 @@ class _OutputLayerHalfSquaredError(torch.autograd.Function):
         wr = r if prec is None else r * prec
         ctx.save_for_backward(h, weight, wr, r if prec is not None and ctx.needs_input_grad[4] else None)
         ctx.mark_non_differentiable(r)
+        ctx.set_materialize_grads(False)  # r gets no gradient: no (N, D) zero tensor for it
         return 0.5 * torch.dot(r.reshape(-1), wr.reshape(-1)), r
 
     @staticmethod

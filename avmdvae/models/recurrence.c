@@ -4,7 +4,20 @@
  * avm_set_sgemm), and the gate arithmetic of a frame is one pass over its units. In PyTorch the same
  * frame is 10-20 separate ops on tensors of a few ten thousand elements, each paying dispatch and a
  * trip through memory. Layouts, gate orders and derivative slots are those of recurrence.py.
+ *
+ * Batch rows never interact inside a loop, so each loop runs as one contiguous slice of rows per OpenMP
+ * thread, every thread over all frames with no synchronisation per frame (gemms with M = the slice's rows
+ * on row-offset pointers, the scratch rows of its slice), MKL held to one thread inside (enter_slice). The
+ * region runs on torch's own libgomp (native.py links that copy), so torch.set_num_threads sets the thread
+ * count. Each row's arithmetic is the same for any split.
  */
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without OpenMP (native.py found no libgomp of torch's to share): one thread */
+static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -16,6 +29,42 @@ typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, c
 static sgemm_fn sgemm_ptr;
 
 void avm_set_sgemm(void *fn) { sgemm_ptr = (sgemm_fn)fn; }
+
+typedef int (*threads_local_fn)(int);
+
+static threads_local_fn mkl_threads_local; /* MKL_Set_Num_Threads_Local, NULL for another BLAS */
+
+void avm_set_mkl_threads_local(void *fn) { mkl_threads_local = (threads_local_fn)fn; }
+
+/* Fewest rows per thread: every thread runs all the gemms of a frame and reads all their weights, and below
+ * about 4 rows those fixed costs outweigh the halved row work (2 cores, B = 4..16: 4 rows per thread
+ * beat both one thread and 2 rows per thread). */
+#define MIN_ROWS 4
+
+/* Threads for B rows: torch's setting, at most one per MIN_ROWS rows. */
+static int n_threads(int B) {
+    int n = omp_get_max_threads();
+    if (n > B / MIN_ROWS)
+        n = B / MIN_ROWS;
+    return n > 1 ? n : 1;
+}
+
+/* Inside a parallel region: the calling thread's contiguous slice [*b0, *b0 + *nb) of B rows, and MKL
+ * set to one thread on it -> the previous thread-local setting, for leave_slice. torch turns MKL_DYNAMIC
+ * off, so MKL would open a nested team of its own in every call where nesting is on (OMP_NESTED=true:
+ * 5-30 times slower); the default nesting of libgomp alone is no guarantee. */
+static int enter_slice(int B, int *b0, int *nb) {
+    const int i = omp_get_thread_num(), m = omp_get_num_threads();
+    *b0 = (int)((long long)B * i / m);
+    *nb = (int)((long long)B * (i + 1) / m) - *b0;
+    return mkl_threads_local ? mkl_threads_local(1) : 0;
+}
+
+/* Restores the thread's MKL setting (the pool's threads also run torch's own parallel work). */
+static void leave_slice(int prev) {
+    if (mkl_threads_local)
+        mkl_threads_local(prev);
+}
 
 /* Row-major c (m, n) = a (m, k) @ b (k, n) + beta * c, with row strides lda, ldb, ldc. The Fortran
  * sgemm is column-major, where a row-major matrix reads as its transpose: c^T = b^T a^T. */
@@ -93,21 +142,40 @@ static void bigru_row(int H, const float *restrict g_in, const float *restrict g
     }
 }
 
-void avm_bigru_forward(int T, int B, int H, const float *gi, const float *w_hh_t, const float *b_hh, float *hs,
-                       float *coef, float *gh) {
+/* avm_bigru_forward on rows [b0, b0 + nb) of B (gh: the slice's own rows of the scratch). */
+static void bigru_forward_rows(int T, int B, int H, int b0, int nb, const float *gi, const float *w_hh_t,
+                               const float *b_hh, float *hs, float *coef, float *gh) {
     const int H3 = 3 * H;
+    gh += (size_t)b0 * H3;
     for (int s = 0; s < T; s++) {
         for (int d = 0; d < 2; d++) {
-            const float *h = hs + ((size_t)d * (T + 1) + s) * B * H;
-            float *h_next = (float *)h + (size_t)B * H;
+            float *h = hs + (((size_t)d * (T + 1) + s) * B + b0) * H, *h_next = h + (size_t)B * H;
             const float *bias = b_hh + (size_t)d * H3;
             const int t_in = d ? T - 1 - s : s;
-            gemm(B, H3, H, h, H, w_hh_t + (size_t)d * H * H3, H3, 0.0f, gh, H3);
-            for (int b = 0; b < B; b++)
-                bigru_row(H, gi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3, gh + (size_t)b * H3, bias,
-                          h + (size_t)b * H, h_next + (size_t)b * H,
+            gemm(nb, H3, H, h, H, w_hh_t + (size_t)d * H * H3, H3, 0.0f, gh, H3);
+            for (int i = 0; i < nb; i++) {
+                const int b = b0 + i;
+                bigru_row(H, gi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3, gh + (size_t)i * H3, bias,
+                          h + (size_t)i * H, h_next + (size_t)i * H,
                           coef ? coef + (((size_t)d * T + s) * B + b) * 5 * H : NULL);
+            }
         }
+    }
+}
+
+void avm_bigru_forward(int T, int B, int H, const float *gi, const float *w_hh_t, const float *b_hh, float *hs,
+                       float *coef, float *gh) {
+    const int n = n_threads(B);
+    if (n == 1) { /* no region: MKL keeps its own threads for the whole-batch gemms */
+        bigru_forward_rows(T, B, H, 0, B, gi, w_hh_t, b_hh, hs, coef, gh);
+        return;
+    }
+#pragma omp parallel num_threads(n)
+    {
+        int b0, nb;
+        const int prev = enter_slice(B, &b0, &nb);
+        bigru_forward_rows(T, B, H, b0, nb, gi, w_hh_t, b_hh, hs, coef, gh);
+        leave_slice(prev);
     }
 }
 
@@ -133,20 +201,38 @@ static void bigru_row_backward(int H, const float *restrict c, float *restrict d
  *   dgh (2, T, B, 3H) out: d gh per step in order (n, r, z) (for the weight and bias gradients);
  *   dgi (T, B, 2, 3H) out: d gi in order (r, z, n).
  */
-void avm_bigru_backward(int T, int B, int H, const float *coef, const float *w_nrz, float *dh, float *dgh,
-                        float *dgi) {
+static void bigru_backward_rows(int T, int B, int H, int b0, int nb, const float *coef, const float *w_nrz,
+                                float *dh, float *dgh, float *dgi) {
     const int H3 = 3 * H;
     for (int s = T - 1; s >= 0; s--) {
         for (int d = 0; d < 2; d++) {
-            float *dh_d = dh + (size_t)d * B * H;
-            float *g = dgh + ((size_t)d * T + s) * B * H3;
+            float *dh_d = dh + ((size_t)d * B + b0) * H;
+            float *g = dgh + (((size_t)d * T + s) * B + b0) * H3;
             const int t_in = d ? T - 1 - s : s;
-            for (int b = 0; b < B; b++)
-                bigru_row_backward(H, coef + (((size_t)d * T + s) * B + b) * 5 * H, dh_d + (size_t)b * H,
-                                   g + (size_t)b * H3, dgi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3);
+            for (int i = 0; i < nb; i++) {
+                const int b = b0 + i;
+                bigru_row_backward(H, coef + (((size_t)d * T + s) * B + b) * 5 * H, dh_d + (size_t)i * H,
+                                   g + (size_t)i * H3, dgi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3);
+            }
             if (s) /* dh_{s-1} = dh z + d gh @ W_hh */
-                gemm(B, H, H3, g, H3, w_nrz + (size_t)d * H3 * H, H, 1.0f, dh_d, H);
+                gemm(nb, H, H3, g, H3, w_nrz + (size_t)d * H3 * H, H, 1.0f, dh_d, H);
         }
+    }
+}
+
+void avm_bigru_backward(int T, int B, int H, const float *coef, const float *w_nrz, float *dh, float *dgh,
+                        float *dgi) {
+    const int n = n_threads(B);
+    if (n == 1) {
+        bigru_backward_rows(T, B, H, 0, B, coef, w_nrz, dh, dgh, dgi);
+        return;
+    }
+#pragma omp parallel num_threads(n)
+    {
+        int b0, nb;
+        const int prev = enter_slice(B, &b0, &nb);
+        bigru_backward_rows(T, B, H, b0, nb, coef, w_nrz, dh, dgh, dgi);
+        leave_slice(prev);
     }
 }
 
@@ -230,41 +316,67 @@ static void chains_head(int B, int P, int Z, int Zm, int F, float *act, float *d
                         z + (size_t)b * F);
 }
 
+/* avm_chains_forward on rows [b0, b0 + nb) of B (g: the slice's own rows of the scratch). */
+static void chains_forward_rows(int C, int T, int B, int H, int P, int Zm, int Z0, int b0, int nb, const float *a,
+                                const float *eps, float *hz, const float *w_big, const float *w_ph,
+                                const float *w_root_s, const float *b_root_s, const float *w_kid_s,
+                                const float *b_kid_s, const float *w_pz_k, float *ru, float *act, float *std,
+                                float *o_root, float *o_kid, float *k4, float *dact, float *g) {
+    const int F = H + Zm + 1, H4 = 4 * H;
+    const size_t BP = (size_t)B * P, pb = (size_t)b0 * P; /* pb: the slice's offset in a (B, P) block */
+    g += (size_t)b0 * H4;
+    for (int t = 0; t < T; t++) {
+        for (int c = 0; c < C; c++) {
+            const size_t ct = (size_t)c * T + t;
+            const float *wb = w_big + (size_t)c * F * H4;
+            float *hz_prev = hz + (((size_t)c * (T + 1) + t) * B + b0) * F, *hz_next = hz_prev + (size_t)B * F;
+            float *pre = act + ct * BP + pb;
+            /* G = hz_prev @ w_big without the zero blocks (a quarter of w_big): [z, 1] times rows H: into
+             * all columns (the last row is the biases of every block), then h times rows :H into :3H */
+            gemm(nb, H4, Zm + 1, hz_prev + H, F, wb + (size_t)H * H4, H4, 0.0f, g, H4);
+            gemm(nb, 3 * H, H, hz_prev, F, wb, H4, 1.0f, g, H4);
+            for (int i = 0; i < nb; i++) {
+                const size_t row = ct * B + b0 + i;
+                chains_gru_row(H, g + (size_t)i * H4, hz_prev + (size_t)i * F, hz_next + (size_t)i * F,
+                               ru + row * 2 * H, k4 ? k4 + row * H4 : NULL);
+            }
+            /* pre = a + h_t @ w_ph, formed in the act buffer */
+            memcpy(pre, a + ct * BP + pb, (size_t)nb * P * sizeof(float));
+            gemm(nb, P, H, hz_next, F, w_ph + (size_t)c * H * P, P, 1.0f, pre, P);
+        }
+        const size_t tb = (size_t)t * B + b0;
+        float *z0 = hz + (tb + B) * F + H; /* chain 0, frame t + 1 */
+        chains_head(nb, P, Z0, Zm, F, act + (size_t)t * BP + pb, dact ? dact + (size_t)t * BP + pb : NULL, w_root_s,
+                    b_root_s, eps + tb * Zm, o_root + tb * 2 * Z0, std + tb * Zm, z0);
+        for (int k = 0; k < C - 1; k++) {
+            const size_t ct = (size_t)(k + 1) * T + t, ctb = ct * B + b0;
+            gemm(nb, P, Z0, z0, F, w_pz_k + (size_t)k * Z0 * P, P, 1.0f, act + ct * BP + pb, P);
+            chains_head(nb, P, Zm, Zm, F, act + ct * BP + pb, dact ? dact + ct * BP + pb : NULL,
+                        w_kid_s + (size_t)k * P * 2 * Zm, b_kid_s + (size_t)k * 2 * Zm, eps + ctb * Zm,
+                        o_kid + (((size_t)k * T + t) * B + b0) * 2 * Zm, std + ctb * Zm,
+                        hz + (((size_t)(k + 1) * (T + 1) + t + 1) * B + b0) * F + H);
+        }
+    }
+}
+
 void avm_chains_forward(int C, int T, int B, int H, int P, int Zm, int Z0, const float *a, const float *eps,
                         float *hz, const float *w_big, const float *w_ph, const float *w_root_s,
                         const float *b_root_s, const float *w_kid_s, const float *b_kid_s, const float *w_pz_k,
                         float *ru, float *act, float *std, float *o_root, float *o_kid, float *k4, float *dact,
                         float *g) {
-    const int F = H + Zm + 1, H4 = 4 * H;
-    const size_t BP = (size_t)B * P;
-    for (int t = 0; t < T; t++) {
-        for (int c = 0; c < C; c++) {
-            const size_t ct = (size_t)c * T + t;
-            const float *wb = w_big + (size_t)c * F * H4;
-            float *hz_prev = hz + ((size_t)c * (T + 1) + t) * B * F, *hz_next = hz_prev + (size_t)B * F;
-            float *pre = act + ct * BP;
-            /* G = hz_prev @ w_big without the zero blocks (a quarter of w_big): [z, 1] times rows H: into
-             * all columns (the last row is the biases of every block), then h times rows :H into :3H */
-            gemm(B, H4, Zm + 1, hz_prev + H, F, wb + (size_t)H * H4, H4, 0.0f, g, H4);
-            gemm(B, 3 * H, H, hz_prev, F, wb, H4, 1.0f, g, H4);
-            for (int b = 0; b < B; b++)
-                chains_gru_row(H, g + (size_t)b * H4, hz_prev + (size_t)b * F, hz_next + (size_t)b * F,
-                               ru + (ct * B + b) * 2 * H, k4 ? k4 + (ct * B + b) * H4 : NULL);
-            /* pre = a + h_t @ w_ph, formed in the act buffer */
-            memcpy(pre, a + ct * BP, BP * sizeof(float));
-            gemm(B, P, H, hz_next, F, w_ph + (size_t)c * H * P, P, 1.0f, pre, P);
-        }
-        float *z0 = hz + ((size_t)t + 1) * B * F + H; /* chain 0, frame t + 1 */
-        chains_head(B, P, Z0, Zm, F, act + (size_t)t * BP, dact ? dact + (size_t)t * BP : NULL, w_root_s,
-                    b_root_s, eps + (size_t)t * B * Zm, o_root + (size_t)t * B * 2 * Z0, std + (size_t)t * B * Zm,
-                    z0);
-        for (int k = 0; k < C - 1; k++) {
-            const size_t ct = (size_t)(k + 1) * T + t;
-            gemm(B, P, Z0, z0, F, w_pz_k + (size_t)k * Z0 * P, P, 1.0f, act + ct * BP, P);
-            chains_head(B, P, Zm, Zm, F, act + ct * BP, dact ? dact + ct * BP : NULL, w_kid_s + (size_t)k * P * 2 * Zm,
-                        b_kid_s + (size_t)k * 2 * Zm, eps + ct * B * Zm, o_kid + ((size_t)k * T + t) * B * 2 * Zm,
-                        std + ct * B * Zm, hz + ((size_t)(k + 1) * (T + 1) + t + 1) * B * F + H);
-        }
+    const int n = n_threads(B);
+    if (n == 1) {
+        chains_forward_rows(C, T, B, H, P, Zm, Z0, 0, B, a, eps, hz, w_big, w_ph, w_root_s, b_root_s, w_kid_s,
+                            b_kid_s, w_pz_k, ru, act, std, o_root, o_kid, k4, dact, g);
+        return;
+    }
+#pragma omp parallel num_threads(n)
+    {
+        int b0, nb;
+        const int prev = enter_slice(B, &b0, &nb);
+        chains_forward_rows(C, T, B, H, P, Zm, Z0, b0, nb, a, eps, hz, w_big, w_ph, w_root_s, b_root_s, w_kid_s,
+                            b_kid_s, w_pz_k, ru, act, std, o_root, o_kid, k4, dact, g);
+        leave_slice(prev);
     }
 }
 
@@ -310,55 +422,81 @@ static void chains_dg_row(int H, const float *restrict dh, const float *restrict
  *     output layers' outputs; dh (C, B, H) the full gradient of h_1, the state after frame 0 (the caller
  *     adds dh u_0 to that of h_0)
  */
+static void chains_backward_rows(int C, int T, int B, int H, int P, int Zm, int Z0, int b0, int nb,
+                                 const float *k4, const float *ru, const float *dact, const float *std,
+                                 const float *eps, const float *w_big_t, const float *w_ph_t, const float *w_root,
+                                 const float *w_kid_t, const float *w_pz_t, const float *d_root, const float *d_kid,
+                                 float *dhz, float *dg, float *dpre, float *d_o0, float *d_ok, float *dh) {
+    const int E = H + Zm, H4 = 4 * H, K = C - 1, CP = C * P;
+    const size_t BP = (size_t)B * P;
+    for (int t = T - 1; t >= 0; t--) {
+        const size_t tb = (size_t)t * B + b0; /* the slice's first row in (T, B, ..) layouts */
+        float *dpre_t = dpre + tb * CP;
+        for (int c = 0; c < C && t < T - 1; c++) {
+            /* dhz_t += d G_{t+1} @ w_big^T without its zero blocks: dh from columns :3H of d G and rows :3H
+             * of w_big_t (state weights), dz from columns H: and rows H: (input weights) */
+            const float *dg_next = dg + (((size_t)c * T + t + 1) * B + b0) * H4, *wt = w_big_t + (size_t)c * H4 * E;
+            float *dhz_t = dhz + (((size_t)c * T + t) * B + b0) * E;
+            gemm(nb, H, 3 * H, dg_next, H4, wt, E, 1.0f, dhz_t, E);
+            gemm(nb, Zm, 3 * H, dg_next + H, H4, wt + (size_t)H * E + H, E, 1.0f, dhz_t + H, E);
+        }
+        for (int k = 0; k < K; k++) {
+            const size_t ct = (size_t)(k + 1) * T + t, kt = (size_t)k * T + t;
+            float *dok = d_ok + (kt * B + b0) * 2 * Zm;
+            for (int i = 0; i < nb; i++) {
+                const size_t row = ct * B + b0 + i;
+                chains_dout_row(Zm, d_kid + (kt * B + b0 + i) * 2 * Zm, dhz + row * E + H, std + row * Zm,
+                                eps + row * Zm, dok + (size_t)i * 2 * Zm);
+            }
+            gemm(nb, P, 2 * Zm, dok, 2 * Zm, w_kid_t + (size_t)k * 2 * Zm * P, P, 0.0f, dpre_t + (size_t)(k + 1) * P,
+                 CP);
+            for (int i = 0; i < nb; i++)
+                chains_mul(P, dpre_t + (size_t)i * CP + (size_t)(k + 1) * P, dact + ct * BP + (size_t)(b0 + i) * P);
+        }
+        if (K) /* the root's dz gets the children's fc1 part: (B, K P) @ w_pz^T */
+            gemm(nb, Z0, K * P, dpre_t + P, CP, w_pz_t, Z0, 1.0f, dhz + tb * E + H, E);
+        for (int i = 0; i < nb; i++) {
+            const size_t row = tb + i;
+            chains_dout_row(Z0, d_root + row * 2 * Z0, dhz + row * E + H, std + row * Zm, eps + row * Zm,
+                            d_o0 + row * 2 * Z0);
+        }
+        gemm(nb, P, 2 * Z0, d_o0 + tb * 2 * Z0, 2 * Z0, w_root, P, 0.0f, dpre_t, CP);
+        for (int i = 0; i < nb; i++)
+            chains_mul(P, dpre_t + (size_t)i * CP, dact + (size_t)t * BP + (size_t)(b0 + i) * P);
+        for (int c = 0; c < C; c++) {
+            const size_t ct = (size_t)c * T + t;
+            float *dh_c = dh + ((size_t)c * B + b0) * H;
+            for (int i = 0; i < nb; i++) {
+                const size_t row = ct * B + b0 + i;
+                chains_dh_in(H, dhz + row * E, t < T - 1 ? ru + (row + B) * 2 * H + H : NULL, dh_c + (size_t)i * H,
+                             t == T - 1);
+            }
+            gemm(nb, H, P, dpre_t + (size_t)c * P, CP, w_ph_t + (size_t)c * P * H, H, 1.0f, dh_c, H);
+            for (int i = 0; i < nb; i++) {
+                const size_t row = ct * B + b0 + i;
+                chains_dg_row(H, dh_c + (size_t)i * H, k4 + row * H4, dg + row * H4);
+            }
+        }
+    }
+}
+
 void avm_chains_backward(int C, int T, int B, int H, int P, int Zm, int Z0, const float *k4, const float *ru,
                          const float *dact, const float *std, const float *eps, const float *w_big_t,
                          const float *w_ph_t, const float *w_root, const float *w_kid_t, const float *w_pz_t,
                          const float *d_root, const float *d_kid, float *dhz, float *dg, float *dpre, float *d_o0,
                          float *d_ok, float *dh) {
-    const int E = H + Zm, H4 = 4 * H, K = C - 1, CP = C * P;
-    const size_t BP = (size_t)B * P;
-    for (int t = T - 1; t >= 0; t--) {
-        float *dpre_t = dpre + (size_t)t * B * CP;
-        for (int c = 0; c < C && t < T - 1; c++) {
-            /* dhz_t += d G_{t+1} @ w_big^T without its zero blocks: dh from columns :3H of d G and rows :3H
-             * of w_big_t (state weights), dz from columns H: and rows H: (input weights) */
-            const float *dg_next = dg + ((size_t)c * T + t + 1) * B * H4, *wt = w_big_t + (size_t)c * H4 * E;
-            float *dhz_t = dhz + ((size_t)c * T + t) * B * E;
-            gemm(B, H, 3 * H, dg_next, H4, wt, E, 1.0f, dhz_t, E);
-            gemm(B, Zm, 3 * H, dg_next + H, H4, wt + (size_t)H * E + H, E, 1.0f, dhz_t + H, E);
-        }
-        for (int k = 0; k < K; k++) {
-            const size_t ct = (size_t)(k + 1) * T + t, kt = (size_t)k * T + t;
-            float *dok = d_ok + kt * B * 2 * Zm;
-            for (int b = 0; b < B; b++) {
-                const size_t row = ct * B + b;
-                chains_dout_row(Zm, d_kid + (kt * B + b) * 2 * Zm, dhz + row * E + H, std + row * Zm,
-                                eps + row * Zm, dok + (size_t)b * 2 * Zm);
-            }
-            gemm(B, P, 2 * Zm, dok, 2 * Zm, w_kid_t + (size_t)k * 2 * Zm * P, P, 0.0f, dpre_t + (size_t)(k + 1) * P,
-                 CP);
-            for (int b = 0; b < B; b++)
-                chains_mul(P, dpre_t + (size_t)b * CP + (size_t)(k + 1) * P, dact + ct * BP + (size_t)b * P);
-        }
-        if (K) /* the root's dz gets the children's fc1 part: (B, K P) @ w_pz^T */
-            gemm(B, Z0, K * P, dpre_t + P, CP, w_pz_t, Z0, 1.0f, dhz + (size_t)t * B * E + H, E);
-        for (int b = 0; b < B; b++) {
-            const size_t row = (size_t)t * B + b;
-            chains_dout_row(Z0, d_root + row * 2 * Z0, dhz + row * E + H, std + row * Zm, eps + row * Zm,
-                            d_o0 + row * 2 * Z0);
-        }
-        gemm(B, P, 2 * Z0, d_o0 + (size_t)t * B * 2 * Z0, 2 * Z0, w_root, P, 0.0f, dpre_t, CP);
-        for (int b = 0; b < B; b++)
-            chains_mul(P, dpre_t + (size_t)b * CP, dact + (size_t)t * BP + (size_t)b * P);
-        for (int c = 0; c < C; c++) {
-            const size_t ct = (size_t)c * T + t;
-            float *dh_c = dh + (size_t)c * B * H;
-            for (int b = 0; b < B; b++)
-                chains_dh_in(H, dhz + (ct * B + b) * E, t < T - 1 ? ru + ((ct + 1) * B + b) * 2 * H + H : NULL,
-                             dh_c + (size_t)b * H, t == T - 1);
-            gemm(B, H, P, dpre_t + (size_t)c * P, CP, w_ph_t + (size_t)c * P * H, H, 1.0f, dh_c, H);
-            for (int b = 0; b < B; b++)
-                chains_dg_row(H, dh_c + (size_t)b * H, k4 + (ct * B + b) * H4, dg + (ct * B + b) * H4);
-        }
+    const int n = n_threads(B);
+    if (n == 1) {
+        chains_backward_rows(C, T, B, H, P, Zm, Z0, 0, B, k4, ru, dact, std, eps, w_big_t, w_ph_t, w_root, w_kid_t,
+                             w_pz_t, d_root, d_kid, dhz, dg, dpre, d_o0, d_ok, dh);
+        return;
+    }
+#pragma omp parallel num_threads(n)
+    {
+        int b0, nb;
+        const int prev = enter_slice(B, &b0, &nb);
+        chains_backward_rows(C, T, B, H, P, Zm, Z0, b0, nb, k4, ru, dact, std, eps, w_big_t, w_ph_t, w_root,
+                             w_kid_t, w_pz_t, d_root, d_kid, dhz, dg, dpre, d_o0, d_ok, dh);
+        leave_slice(prev);
     }
 }

@@ -9,7 +9,8 @@ derivative coefficients that do not depend on the incoming gradient are computed
 frame, while the operands are in cache: batched passes over the (C, T, B, H) buffers cost more here than
 the ops they save), and every weight gradient is formed after the loop with one matmul over all T*B rows.
 For contiguous float32 CPU tensors both loops run in C instead (recurrence.c, loaded by native.py), filling
-the same buffers; the torch loops here are the reference and the fallback.
+the same buffers, with the batch rows split over torch's threads; the torch loops here are the reference and
+the fallback.
 
 Chains notation (C chains, chain 0 the root, K = C - 1 children of the root; GRU state H, posterior hidden P,
 z_max = Zm, root z size Z0, F = H + Zm + 1). Per frame t and chain c, with hz_{t-1} = [h_{t-1}, z_{t-1}, 1]:
@@ -58,7 +59,7 @@ class BiGRUFinal(torch.autograd.Function):
         coef = gi.new_empty(2, T, B, 5, H) if for_backward else None
         lib = native.usable(gi, w_hh_t, b_hh)
         if lib is not None:
-            scratch = gi.new_empty(B, H3)
+            scratch = gi.new_empty(B, H3)  # each C thread uses the rows of its batch slice
             lib.avm_bigru_forward(
                 T,
                 B,
