@@ -6,7 +6,7 @@ For each batch size and precision (fp32, bf16 autocast) three contenders run in 
 interleaved, medians of several repeats: the model with its native (C) time loops, the same model with
 its PyTorch loops (AVMDVAE_NATIVE=0), and the step-by-step reference. The floor is the step's
 matrix-product FLOPs (counted analytically from the dims) divided by this machine's fp32 (or bf16)
-matmul rate, measured in the same run with torch.mm on the model's big shapes (the best of them).
+matmul rate: the best median rate of torch.mm on the model's big shapes, timed in the same loop as the steps.
 
     .venv/bin/python bench/bench_mdvae.py [--repeats 7] [--batches 8 64] [--threads 2] [--device cpu]
 """
@@ -74,19 +74,8 @@ def step_flops(d: MDVAEDims, B: int, T: int) -> dict[str, float]:
     return {"forward": f, "backward": bwd, "total": f + bwd}
 
 
-def _median_time(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def matmul_rate(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, repeats: int) -> float:
-    """Best median FLOP/s of torch.mm over the model's large shapes (forward and backward forms)."""
+def matmul_probes(dtype: torch.dtype, B: int, T: int, d: MDVAEDims) -> list[tuple[int, object]]:
+    """(FLOPs, zero-argument torch.mm call) for the model's large shapes (forward and backward forms)."""
     N = B * T
     shapes = [
         (N, d.feat_v, d.proj_v),  # visual projection forward
@@ -95,12 +84,11 @@ def matmul_rate(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, repeats: int) 
         (N, d.feat_v, d.dec_hidden_v),  # its input gradient
         (N, d.proj_a + d.proj_v, 3 * d.w_hidden),  # GRU input transform
     ]
-    best = 0.0
+    probes = []
     for m, k, n in shapes:
         a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        t = _median_time(lambda a=a, b=b: torch.mm(a, b), repeats, 2)
-        best = max(best, mm_flops(m, k, n) / t)
-    return best
+        probes.append((mm_flops(m, k, n), lambda a=a, b=b: torch.mm(a, b)))
+    return probes
 
 
 def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool, use_native: bool = True):
@@ -154,22 +142,27 @@ def main() -> None:
         }
         for prec in args.precisions:
             bf16 = prec == "bf16"
-            rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, B, T, d, args.repeats)
+            probes = matmul_probes(torch.bfloat16 if bf16 else torch.float32, B, T, d)
             model = MDVAE(d)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the training loop's optimiser
             fast = make_step(model, opt, xa, xv, noise, False, bf16)
             torch_loops = make_step(model, opt, xa, xv, noise, False, bf16, use_native=False)
             ref = make_step(model, opt, xa, xv, noise, True, bf16)
-            for fn in (fast, torch_loops, ref):
+            for fn in (fast, torch_loops, ref, *(p[1] for p in probes)):
                 for _ in range(args.warmup):
                     fn()
             tf, tt, tr = [], [], []
-            for _ in range(args.repeats):  # interleaved so that load changes hit all alike
-                for fn, acc in ((fast, tf), (torch_loops, tt), (ref, tr)):
+            tp: list[list[float]] = [[] for _ in probes]
+            # interleaved, the matmul probes included, so that the machine's speed changes (this VM's
+            # torch.mm rate moves by 20-30 % between minutes) hit the steps and the floor alike
+            contenders = [(fast, tf), (torch_loops, tt), (ref, tr), *zip((p[1] for p in probes), tp, strict=True)]
+            for _ in range(args.repeats):
+                for fn, acc in contenders:
                     t0 = time.perf_counter()
                     fn()
                     acc.append(time.perf_counter() - t0)
             t_fast, t_torch, t_ref = statistics.median(tf), statistics.median(tt), statistics.median(tr)
+            rate = max(f / statistics.median(ts) for (f, _), ts in zip(probes, tp, strict=True))  # best shape's median
             floor = fl["total"] / rate
             rows.append(
                 (B, prec, t_fast, t_torch, t_ref, t_ref / t_fast, fl["total"] / 1e9, rate / 1e9, floor, t_fast / floor)
