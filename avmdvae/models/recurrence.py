@@ -71,27 +71,28 @@ class BiGRUFinal(torch.autograd.Function):
                 None if coef is None else coef.data_ptr(),
                 scratch.data_ptr(),
             )
-        for s in range(T if lib is None else 0):
-            h = hs[:, s]
-            g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H), processing order
-            gh = torch.baddbmm(b_hh, h, w_hh_t)
-            a_rz = torch.add(g_in[..., : 2 * H], gh[..., : 2 * H])
-            r = a_rz[..., :H].sigmoid_()
-            # z straight into its backward slot (a strided copy afterwards costs more than the sigmoid)
-            z = a_rz[..., H:].sigmoid_() if coef is None else torch.sigmoid(a_rz[..., H:], out=coef[:, s, :, 4])
-            ghn = gh[..., 2 * H :]
-            n = torch.addcmul(g_in[..., 2 * H :], r, ghn).tanh_()
-            h_minus_n = h - n
-            torch.addcmul(n, z, h_minus_n, out=hs[:, s + 1])
-            if coef is not None:
-                c = coef[:, s]
-                one_minus_z = 1.0 - z
-                c_n = torch.addcmul(one_minus_z, one_minus_z * n, n, value=-1.0, out=c[:, :, 3])
-                c_hn = torch.mul(c_n, r, out=c[:, :, 0])
-                t = c_hn * ghn
-                torch.addcmul(t, t, r, value=-1.0, out=c[:, :, 1])
-                t = h_minus_n * z
-                torch.addcmul(t, t, z, value=-1.0, out=c[:, :, 2])
+        else:  # the PyTorch loop: reference and fallback
+            for s in range(T):
+                h = hs[:, s]
+                g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H), processing order
+                gh = torch.baddbmm(b_hh, h, w_hh_t)
+                a_rz = torch.add(g_in[..., : 2 * H], gh[..., : 2 * H])
+                r = a_rz[..., :H].sigmoid_()
+                # z straight into its backward slot (a strided copy afterwards costs more than the sigmoid)
+                z = a_rz[..., H:].sigmoid_() if coef is None else torch.sigmoid(a_rz[..., H:], out=coef[:, s, :, 4])
+                ghn = gh[..., 2 * H :]
+                n = torch.addcmul(g_in[..., 2 * H :], r, ghn).tanh_()
+                h_minus_n = h - n
+                torch.addcmul(n, z, h_minus_n, out=hs[:, s + 1])
+                if coef is not None:
+                    c = coef[:, s]
+                    one_minus_z = 1.0 - z
+                    c_n = torch.addcmul(one_minus_z, one_minus_z * n, n, value=-1.0, out=c[:, :, 3])
+                    c_hn = torch.mul(c_n, r, out=c[:, :, 0])
+                    t = c_hn * ghn
+                    torch.addcmul(t, t, r, value=-1.0, out=c[:, :, 1])
+                    t = h_minus_n * z
+                    torch.addcmul(t, t, z, value=-1.0, out=c[:, :, 2])
         if coef is not None:
             ctx.save_for_backward(w_hh_t, hs, coef)
         return hs[:, T].clone()
