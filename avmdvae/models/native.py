@@ -81,11 +81,6 @@ def _torch_symbol(symbol: str) -> int | None:
     return None
 
 
-def _torch_sgemm() -> int | None:
-    """Address of the Fortran-interface sgemm_ exported by PyTorch's CPU library, or None."""
-    return _torch_symbol("sgemm_")
-
-
 def _torch_libgomp() -> str | None:
     """Path of the one GNU OpenMP runtime mapped into this process (torch's, loaded with it), or None."""
     try:
@@ -147,7 +142,7 @@ def library() -> ctypes.CDLL | None:
     if _tried or not enabled():
         return _lib if enabled() else None
     _tried = True
-    sgemm = _torch_sgemm()
+    sgemm = _torch_symbol("sgemm_")  # the Fortran-interface sgemm
     if not sgemm:
         return None
     # the OpenMP build, else (compiler without OpenMP, runtime too old to load it) the single-threaded one

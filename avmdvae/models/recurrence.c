@@ -57,12 +57,13 @@ static int enter_slice(int B, int *b0, int *nb) {
     const int i = omp_get_thread_num(), m = omp_get_num_threads();
     *b0 = (int)((long long)B * i / m);
     *nb = (int)((long long)B * (i + 1) / m) - *b0;
-    return mkl_threads_local ? mkl_threads_local(1) : 0;
+    /* alone (no team), MKL keeps torch's thread count for the gemms of all rows */
+    return mkl_threads_local && m > 1 ? mkl_threads_local(1) : -1;
 }
 
 /* Restores the thread's MKL setting (the pool's threads also run torch's own parallel work). */
 static void leave_slice(int prev) {
-    if (mkl_threads_local)
+    if (prev >= 0)
         mkl_threads_local(prev);
 }
 
@@ -166,11 +167,7 @@ static void bigru_forward_rows(int T, int B, int H, int b0, int nb, const float 
 void avm_bigru_forward(int T, int B, int H, const float *gi, const float *w_hh_t, const float *b_hh, float *hs,
                        float *coef, float *gh) {
     const int n = n_threads(B);
-    if (n == 1) { /* no region: MKL keeps its own threads for the whole-batch gemms */
-        bigru_forward_rows(T, B, H, 0, B, gi, w_hh_t, b_hh, hs, coef, gh);
-        return;
-    }
-#pragma omp parallel num_threads(n)
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
     {
         int b0, nb;
         const int prev = enter_slice(B, &b0, &nb);
@@ -223,11 +220,7 @@ static void bigru_backward_rows(int T, int B, int H, int b0, int nb, const float
 void avm_bigru_backward(int T, int B, int H, const float *coef, const float *w_nrz, float *dh, float *dgh,
                         float *dgi) {
     const int n = n_threads(B);
-    if (n == 1) {
-        bigru_backward_rows(T, B, H, 0, B, coef, w_nrz, dh, dgh, dgi);
-        return;
-    }
-#pragma omp parallel num_threads(n)
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
     {
         int b0, nb;
         const int prev = enter_slice(B, &b0, &nb);
@@ -365,12 +358,7 @@ void avm_chains_forward(int C, int T, int B, int H, int P, int Zm, int Z0, const
                         float *ru, float *act, float *std, float *o_root, float *o_kid, float *k4, float *dact,
                         float *g) {
     const int n = n_threads(B);
-    if (n == 1) {
-        chains_forward_rows(C, T, B, H, P, Zm, Z0, 0, B, a, eps, hz, w_big, w_ph, w_root_s, b_root_s, w_kid_s,
-                            b_kid_s, w_pz_k, ru, act, std, o_root, o_kid, k4, dact, g);
-        return;
-    }
-#pragma omp parallel num_threads(n)
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
     {
         int b0, nb;
         const int prev = enter_slice(B, &b0, &nb);
@@ -486,12 +474,7 @@ void avm_chains_backward(int C, int T, int B, int H, int P, int Zm, int Z0, cons
                          const float *d_root, const float *d_kid, float *dhz, float *dg, float *dpre, float *d_o0,
                          float *d_ok, float *dh) {
     const int n = n_threads(B);
-    if (n == 1) {
-        chains_backward_rows(C, T, B, H, P, Zm, Z0, 0, B, k4, ru, dact, std, eps, w_big_t, w_ph_t, w_root, w_kid_t,
-                             w_pz_t, d_root, d_kid, dhz, dg, dpre, d_o0, d_ok, dh);
-        return;
-    }
-#pragma omp parallel num_threads(n)
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
     {
         int b0, nb;
         const int prev = enter_slice(B, &b0, &nb);
