@@ -372,11 +372,11 @@ def test_static_encoder_matches_torch_gru() -> None:
     """The hand-written bidirectional GRU (BiGRUFinal) equals nn.GRU in value and gradient, with or without grad."""
     torch.manual_seed(7)
     enc = StaticEncoder(12, 10, 5).double()
-    e = torch.randn(7, 3, 12, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(3, 7, 12, dtype=torch.float64, requires_grad=True)  # (B, T, in)
     up = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
 
     def via_torch_gru() -> tuple[torch.Tensor, torch.Tensor]:
-        h_n = enc.gru(e)[1]
+        h_n = enc.gru(e.transpose(0, 1))[1]
         mean, logvar = enc.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
         return mean, logvar
 

@@ -55,13 +55,15 @@ def test_usable_only_for_contiguous_float32_cpu() -> None:
 def _bigru_run(monkeypatch, use_native: bool):
     monkeypatch.setenv("AVMDVAE_NATIVE", "1" if use_native else "0")
     g = torch.Generator().manual_seed(0)
-    T, B, H = 9, 5, 24
-    gi = torch.randn(T, B, 2, 3 * H, generator=g).requires_grad_()
-    w = (0.3 * torch.randn(2, H, 3 * H, generator=g)).requires_grad_()
-    b = (0.3 * torch.randn(2, 1, 3 * H, generator=g)).requires_grad_()
-    out = bigru_final(gi, w, b)
+    T, B, E, H = 9, 5, 7, 24
+    x = torch.randn(B, T, E, generator=g).requires_grad_()
+    gru = torch.nn.GRU(E, H, bidirectional=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    out = bigru_final(x, gru)
     out.backward(torch.randn(out.shape, generator=g))
-    return out.detach(), gi.grad, w.grad, b.grad
+    return out.detach(), x.grad, *(p.grad for p in gru.parameters())
 
 
 @needs_native

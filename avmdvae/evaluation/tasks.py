@@ -128,13 +128,13 @@ class UniModel:
         num = torch.zeros(m.dims.w_dim, dtype=torch.float64, device=self.device)
         den = torch.zeros_like(num)
         for a, b in _windows(len(x), m.dims.seq_len):
-            mean, logvar = m.static(e[a:b, None])
+            mean, logvar = m.static(e[None, a:b])
             prec = torch.exp(-logvar[0].double())
             num += prec * mean[0].double()
             den += prec
         w = (num / den).float()[None]
-        eps = torch.zeros(len(x), 1, m.z_dim, device=self.device)
-        z = m.chains([e[:, None]], w, [eps]).z[0]
+        eps = torch.zeros(1, len(x), m.z_dim, device=self.device)
+        z = m.chains([e[None]], w, [eps]).z[0]
         return DSAELatents(w, z)
 
     @torch.no_grad()

@@ -352,7 +352,7 @@ class AVModel:
         den = torch.zeros(m.dims.w_dim, device=dev, dtype=torch.float64)
         for i in range(0, len(wins), per_batch):
             group = wins[i : i + per_batch]
-            e = torch.stack([torch.cat(proj(a, b), -1) for a, b in group], 1)  # (T, B, Pa + Pv)
+            e = torch.stack([torch.cat(proj(a, b), -1) for a, b in group])  # (B, T, Pa + Pv)
             mean, logvar = m.static(e)
             prec = torch.exp(-logvar.double())
             num += (prec * mean.double()).sum(0)
@@ -367,8 +367,8 @@ class AVModel:
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
             ea, ev = proj(a, b)
-            ea, ev = ea[:, None], ev[:, None]  # (T, 1, P) time-major
-            eps = [torch.zeros(b - a, 1, z, device=dev) for z in (d.zav_dim, d.za_dim, d.zv_dim)]
+            ea, ev = ea[None], ev[None]  # (1, T, P)
+            eps = [torch.zeros(1, b - a, z, device=dev) for z in (d.zav_dim, d.za_dim, d.zv_dim)]
             ch = m.chains([torch.cat([ea, ev], -1), ea, ev], w, eps, state=state)
             state = ch.state
             for k in range(3):

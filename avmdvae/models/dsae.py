@@ -64,10 +64,10 @@ class DSAE(nn.Module):
     def _infer(self, x: Tensor, noise: Mapping[str, Tensor] | None, sample: bool):
         check_seq(x, self.dims.feat, f"{self.modality} features")
         B, T = x.shape[:2]
-        e = self.proj(x).transpose(0, 1)  # (T, B, P)
+        e = self.proj(x)  # (B, T, P)
         w_mean, w_logvar = self.static(e)
         w = w_mean + torch.exp(0.5 * w_logvar) * draw_noise(noise, "w", (B, self.dims.w_dim), x, sample)
-        eps = draw_noise(noise, "z", (B, T, self.z_dim), x, sample).transpose(0, 1)
+        eps = draw_noise(noise, "z", (B, T, self.z_dim), x, sample)
         return w, w_mean, w_logvar, self.chains([e], w, [eps])
 
     def forward(

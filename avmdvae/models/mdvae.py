@@ -245,8 +245,7 @@ class FeatureProjection(nn.Module):
 class StaticEncoder(nn.Module):
     """q(w | e_{1:T}): bidirectional GRU, final states of both directions -> Gaussian head (linear).
 
-    The GRU's parameters live in an nn.GRU (its state-dict names); the recurrence runs in
-    `bigru_final` after one matmul for the input transforms of both directions over all frames.
+    The GRU's parameters live in an nn.GRU (its state-dict names); the recurrence runs in `bigru_final`.
     """
 
     def __init__(self, in_dim: int, hidden: int, w_dim: int) -> None:
@@ -255,15 +254,8 @@ class StaticEncoder(nn.Module):
         self.head = nn.Linear(2 * hidden, 2 * w_dim)
 
     def forward(self, e: Tensor) -> tuple[Tensor, Tensor]:
-        """e (T, B, in) time-major -> (mean, logvar) each (B, w_dim)."""
-        g = self.gru
-        T, B = e.shape[:2]
-        w_ih = torch.cat([g.weight_ih_l0, g.weight_ih_l0_reverse])  # (6H, in)
-        b_ih = torch.cat([g.bias_ih_l0, g.bias_ih_l0_reverse])
-        gi = F.linear(e, w_ih, b_ih).view(T, B, 2, -1)  # (T, B, 2, 3H)
-        w_hh_t = torch.stack([g.weight_hh_l0.t(), g.weight_hh_l0_reverse.t()])  # (2, H, 3H)
-        b_hh = torch.stack([g.bias_hh_l0, g.bias_hh_l0_reverse])[:, None]  # (2, 1, 3H)
-        h_n = bigru_final(gi, w_hh_t, b_hh)  # (2, B, H): forward's last state, backward's first
+        """e (B, T, in) -> (mean, logvar) each (B, w_dim)."""
+        h_n = bigru_final(e, self.gru)  # (2, B, H)
         mean, logvar = self.head(torch.cat([h_n[0], h_n[1]], -1)).chunk(2, -1)
         return mean, logvar
 
@@ -360,22 +352,24 @@ class DynamicalChains(nn.Module):
         eps: Sequence[Tensor],
         state: tuple[Tensor, Tensor] | None = None,
     ) -> ChainsResult:
-        """feats[c] (T, B, feat_dim_c) time-major; w (B, w_dim); eps[c] (T, B, z_dim_c) N(0,1) noise.
+        """feats[c] (B, T, feat_dim_c); w (B, w_dim); eps[c] (B, T, z_dim_c) N(0,1) noise.
 
         state: ChainsResult.state of the previous frames (None: start of the sequence).
         """
         specs, C, H, Zm, Dw = self.specs, len(self.specs), self.hidden, self.z_max, self.w_dim
-        T, B = feats[0].shape[:2]
+        B, T = feats[0].shape[:2]
         K = C - 1
         Z0 = specs[0].z_dim
         # Everything that does not depend on the recurrence is built here under autograd, batched over
         # frames; the time loop itself is one autograd node with a hand-written backward (recurrence.py).
-        # posterior fc1 contributions of the frame features and w, for all frames: (C, T, B, P)
+        # posterior fc1 contributions of the frame features and w, for all frames, time-major: (C, T, B, P)
         fc1w = [p.fc1.weight for p in self.post]
         a = torch.stack(
             [
-                F.linear(feats[c], fc1w[c][:, : s.feat_dim])
-                + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)
+                (
+                    F.linear(feats[c], fc1w[c][:, : s.feat_dim])
+                    + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)[:, None]
+                ).transpose(0, 1)
                 for c, s in enumerate(specs)
             ]
         )
@@ -403,7 +397,7 @@ class DynamicalChains(nn.Module):
             outs = [self._pad_gauss_out(self.post[c].fc2) for c in range(1, C)]
             w_ko = torch.stack([o[0] for o in outs])
             b_ko = torch.stack([o[1] for o in outs])[:, None]
-        eps_all = torch.stack([F.pad(e, (0, Zm - s.z_dim)) for e, s in zip(eps, specs, strict=True)])
+        eps_all = torch.stack([F.pad(e.transpose(0, 1), (0, Zm - s.z_dim)) for e, s in zip(eps, specs, strict=True)])
 
         if state is None:
             hz0 = a.new_zeros(C, B, H + Zm)
@@ -518,13 +512,13 @@ class MDVAE(nn.Module):
         if xa.shape[:2] != xv.shape[:2]:
             raise ConfigError(f"audio {tuple(xa.shape[:2])} and visual {tuple(xv.shape[:2])} windows differ")
         B, T = xa.shape[:2]
-        ea = self.proj_a(xa).transpose(0, 1)  # (T, B, Pa)
-        ev = self.proj_v(xv).transpose(0, 1)  # (T, B, Pv)
-        eav = torch.cat([ea, ev], -1)  # (T, B, Pa + Pv)
+        ea = self.proj_a(xa)  # (B, T, Pa)
+        ev = self.proj_v(xv)  # (B, T, Pv)
+        eav = torch.cat([ea, ev], -1)  # (B, T, Pa + Pv)
         w_mean, w_logvar = self.static(eav)
         w = w_mean + torch.exp(0.5 * w_logvar) * draw_noise(noise, "w", (B, d.w_dim), xa, sample)
         eps = [
-            draw_noise(noise, n, (B, T, z), xa, sample).transpose(0, 1)
+            draw_noise(noise, n, (B, T, z), xa, sample)
             for n, z in (("zav", d.zav_dim), ("za", d.za_dim), ("zv", d.zv_dim))
         ]
         ch = self.chains([eav, ea, ev], w, eps)

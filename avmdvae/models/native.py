@@ -36,8 +36,8 @@ _I = ctypes.c_int
 _SIGNATURES: dict[str, list[type]] = {
     "avm_set_sgemm": [_P],
     "avm_set_mkl_threads_local": [_P],
-    "avm_bigru_forward": [_I, _I, _I, _P, _P, _P, _P, _P, _P],
-    "avm_bigru_backward": [_I, _I, _I, _P, _P, _P, _P, _P],
+    "avm_bigru_forward": [_I] * 3 + [_P] * 7,
+    "avm_bigru_backward": [_I] * 3 + [_P] * 7,
     "avm_chains_forward": [_I] * 7 + [_P] * 18,
     "avm_chains_backward": [_I] * 7 + [_P] * 18,
 }

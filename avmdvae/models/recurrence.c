@@ -61,6 +61,31 @@ static int enter_slice(int B, int *b0, int *nb) {
     return mkl_threads_local && m > 1 ? mkl_threads_local(1) : -1;
 }
 
+/* The bidirectional GRU's split: threads for B rows in two directions, an even number (half the team per
+ * direction) where there are two or more. A thread then keeps one direction's W_hh in its cache, not both,
+ * and even B = 1 runs on two threads. */
+static int n_threads_bidir(int B) {
+    int n = omp_get_max_threads();
+    const int per_direction = B / MIN_ROWS > 1 ? B / MIN_ROWS : 1;
+    if (n > 2 * per_direction)
+        n = 2 * per_direction;
+    return n >= 2 ? n & ~1 : 1;
+}
+
+/* enter_slice for that split: the calling thread's directions [*d0, *d0 + *nd) and rows [*b0, *b0 + *nb). */
+static int enter_bidir_slice(int B, int *d0, int *nd, int *b0, int *nb) {
+    const int i = omp_get_thread_num(), m = omp_get_num_threads();
+    if (m < 2) {
+        *d0 = 0, *nd = 2, *b0 = 0, *nb = B;
+        return -1;
+    }
+    const int j = i / 2, per = m / 2;
+    *d0 = i % 2, *nd = 1;
+    *b0 = (int)((long long)B * j / per);
+    *nb = (int)((long long)B * (j + 1) / per) - *b0;
+    return mkl_threads_local ? mkl_threads_local(1) : -1;
+}
+
 /* Restores the thread's MKL setting (the pool's threads also run torch's own parallel work). */
 static void leave_slice(int prev) {
     if (prev >= 0)
@@ -107,13 +132,15 @@ static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 static inline float tanh_f32(float x) { return 2.0f / (1.0f + exp_f32(-2.0f * x)) - 1.0f; }
 
 /* ---------------------------------------------------------------------------------------------
- * Bidirectional GRU, final states (BiGRUFinal). PyTorch gate order (r, z, n):
+ * Bidirectional GRU, final states (BiGRUFinal). PyTorch layouts and gate order (r, z, n):
  *   r = sig(gi_r + gh_r), z = sig(gi_z + gh_z), n = tanh(gi_n + r gh_n), h' = n + z (h - n),
- * gh = h @ w_hh_t + b_hh. Direction 1 reads the frames backwards.
- *   gi (T, B, 2, 3H) input transforms incl. b_ih; w_hh_t (2, H, 3H); b_hh (2, 3H)
+ * gi = x W_ih^T + b_ih, gh = h W_hh^T + b_hh. Direction 1 reads the frames backwards.
+ *   gi_f, gi_b (B, T, 3H) the input products x W_ih^T of each direction, without bias
+ *   w_hh_t (2, H, 3H) the two W_hh transposed (MKL's gemm is slower here on a transposed operand at these
+ *   row counts); bias (2, 4H) per direction [b_ih + b_hh for r and z, b_ih n, b_hh n]
  *   hs (2, T + 1, B, H): hs[:, 0] is the initial state (set by the caller), hs[:, s + 1] the state after
- *   step s; coef (2, T, B, 5, H) the five backward slots [c_n r, c_n gh_n r (1 - r), (h - n) z (1 - z),
- *   c_n, z] with c_n = (1 - z)(1 - n^2), or NULL; gh scratch (B, 3H).
+ *   step s; coef (2, T, B, 5, H) the five backward slots [c_n gh_n r (1 - r), (h - n) z (1 - z), c_n r,
+ *   c_n, z] with c_n = (1 - z)(1 - n^2), or NULL; gh scratch (2, B, 3H).
  */
 /* One batch row of a GRU step (see avm_bigru_forward); restrict lets the compiler vectorise over j. */
 static void bigru_row(int H, const float *restrict g_in, const float *restrict g_h, const float *restrict bias,
@@ -122,7 +149,7 @@ static void bigru_row(int H, const float *restrict g_in, const float *restrict g
         for (int j = 0; j < H; j++) {
             const float r = sigmoid_f32(g_in[j] + g_h[j] + bias[j]);
             const float z = sigmoid_f32(g_in[H + j] + g_h[H + j] + bias[H + j]);
-            const float n = tanh_f32(g_in[2 * H + j] + r * (g_h[2 * H + j] + bias[2 * H + j]));
+            const float n = tanh_f32(g_in[2 * H + j] + bias[2 * H + j] + r * (g_h[2 * H + j] + bias[3 * H + j]));
             h_out[j] = n + z * (h[j] - n);
         }
         return;
@@ -130,33 +157,32 @@ static void bigru_row(int H, const float *restrict g_in, const float *restrict g
     for (int j = 0; j < H; j++) {
         const float r = sigmoid_f32(g_in[j] + g_h[j] + bias[j]);
         const float z = sigmoid_f32(g_in[H + j] + g_h[H + j] + bias[H + j]);
-        const float ghn = g_h[2 * H + j] + bias[2 * H + j];
-        const float n = tanh_f32(g_in[2 * H + j] + r * ghn);
+        const float ghn = g_h[2 * H + j] + bias[3 * H + j];
+        const float n = tanh_f32(g_in[2 * H + j] + bias[2 * H + j] + r * ghn);
         const float h_minus_n = h[j] - n;
         const float c_n = (1.0f - z) * (1.0f - n * n);
         h_out[j] = n + z * h_minus_n;
-        c[j] = c_n * r;
-        c[H + j] = c_n * ghn * r * (1.0f - r);
-        c[2 * H + j] = h_minus_n * z * (1.0f - z);
+        c[j] = c_n * ghn * r * (1.0f - r);
+        c[H + j] = h_minus_n * z * (1.0f - z);
+        c[2 * H + j] = c_n * r;
         c[3 * H + j] = c_n;
         c[4 * H + j] = z;
     }
 }
 
-/* avm_bigru_forward on rows [b0, b0 + nb) of B (gh: the slice's own rows of the scratch). */
-static void bigru_forward_rows(int T, int B, int H, int b0, int nb, const float *gi, const float *w_hh_t,
-                               const float *b_hh, float *hs, float *coef, float *gh) {
+/* avm_bigru_forward for directions [d0, d0 + nd) on rows [b0, b0 + nb) of B (gh: the scratch, (2, B, 3H)). */
+static void bigru_forward_rows(int T, int B, int H, int d0, int nd, int b0, int nb, const float *const gi[2],
+                               const float *w_hh_t, const float *bias, float *hs, float *coef, float *gh) {
     const int H3 = 3 * H;
-    gh += (size_t)b0 * H3;
     for (int s = 0; s < T; s++) {
-        for (int d = 0; d < 2; d++) {
+        for (int d = d0; d < d0 + nd; d++) {
             float *h = hs + (((size_t)d * (T + 1) + s) * B + b0) * H, *h_next = h + (size_t)B * H;
-            const float *bias = b_hh + (size_t)d * H3;
+            float *g = gh + ((size_t)d * B + b0) * H3;
             const int t_in = d ? T - 1 - s : s;
-            gemm(nb, H3, H, h, H, w_hh_t + (size_t)d * H * H3, H3, 0.0f, gh, H3);
+            gemm(nb, H3, H, h, H, w_hh_t + (size_t)d * H * H3, H3, 0.0f, g, H3);
             for (int i = 0; i < nb; i++) {
                 const int b = b0 + i;
-                bigru_row(H, gi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3, gh + (size_t)i * H3, bias,
+                bigru_row(H, gi[d] + ((size_t)b * T + t_in) * H3, g + (size_t)i * H3, bias + (size_t)d * 4 * H,
                           h + (size_t)i * H, h_next + (size_t)i * H,
                           coef ? coef + (((size_t)d * T + s) * B + b) * 5 * H : NULL);
             }
@@ -164,27 +190,28 @@ static void bigru_forward_rows(int T, int B, int H, int b0, int nb, const float 
     }
 }
 
-void avm_bigru_forward(int T, int B, int H, const float *gi, const float *w_hh_t, const float *b_hh, float *hs,
-                       float *coef, float *gh) {
-    const int n = n_threads(B);
-#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
+void avm_bigru_forward(int T, int B, int H, const float *gi_f, const float *gi_b, const float *w_hh_t,
+                       const float *bias, float *hs, float *coef, float *gh) {
+    const float *const gi[2] = {gi_f, gi_b};
+    const int n = n_threads_bidir(B);
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs everything */
     {
-        int b0, nb;
-        const int prev = enter_slice(B, &b0, &nb);
-        bigru_forward_rows(T, B, H, b0, nb, gi, w_hh_t, b_hh, hs, coef, gh);
+        int d0, nd, b0, nb;
+        const int prev = enter_bidir_slice(B, &d0, &nd, &b0, &nb);
+        bigru_forward_rows(T, B, H, d0, nd, b0, nb, gi, w_hh_t, bias, hs, coef, gh);
         leave_slice(prev);
     }
 }
 
-/* One batch row of a backward step: dh times the slots, into d gh (n, r, z), d gi (r, z, n) and dh z. */
+/* One batch row of a backward step: dh times the slots, into d gh and d gi (both r, z, n) and dh z. */
 static void bigru_row_backward(int H, const float *restrict c, float *restrict dh, float *restrict g,
                                float *restrict g_in) {
     for (int j = 0; j < H; j++) {
         const float x = dh[j];
-        const float da_r = x * c[H + j], da_z = x * c[2 * H + j];
-        g[j] = x * c[j];
-        g[H + j] = da_r;
-        g[2 * H + j] = da_z;
+        const float da_r = x * c[j], da_z = x * c[H + j];
+        g[j] = da_r;
+        g[H + j] = da_z;
+        g[2 * H + j] = x * c[2 * H + j];
         g_in[j] = da_r;
         g_in[H + j] = da_z;
         g_in[2 * H + j] = x * c[3 * H + j];
@@ -193,38 +220,40 @@ static void bigru_row_backward(int H, const float *restrict c, float *restrict d
 }
 
 /* Backward of avm_bigru_forward, from the gradient of the final states.
- *   coef as saved; w_nrz (2, 3H, H) = W_hh with its gate rows in order (n, r, z); dh (2, B, H) holds the
- *   gradient of the final states on entry (overwritten).
- *   dgh (2, T, B, 3H) out: d gh per step in order (n, r, z) (for the weight and bias gradients);
- *   dgi (T, B, 2, 3H) out: d gi in order (r, z, n).
+ *   coef as saved; w_hh_f, w_hh_b (3H, H) as in nn.GRU; dh (2, B, H) holds the gradient of the final states
+ *   on entry (overwritten).
+ *   dgh (2, T, B, 3H) out: d gh per step (for the weight and bias gradients);
+ *   dgi_f, dgi_b (B, T, 3H) out: d gi of each direction, frames in time order.
  */
-static void bigru_backward_rows(int T, int B, int H, int b0, int nb, const float *coef, const float *w_nrz,
-                                float *dh, float *dgh, float *dgi) {
+static void bigru_backward_rows(int T, int B, int H, int d0, int nd, int b0, int nb, const float *coef,
+                                const float *const w_hh[2], float *dh, float *dgh, float *const dgi[2]) {
     const int H3 = 3 * H;
     for (int s = T - 1; s >= 0; s--) {
-        for (int d = 0; d < 2; d++) {
+        for (int d = d0; d < d0 + nd; d++) {
             float *dh_d = dh + ((size_t)d * B + b0) * H;
             float *g = dgh + (((size_t)d * T + s) * B + b0) * H3;
             const int t_in = d ? T - 1 - s : s;
             for (int i = 0; i < nb; i++) {
                 const int b = b0 + i;
                 bigru_row_backward(H, coef + (((size_t)d * T + s) * B + b) * 5 * H, dh_d + (size_t)i * H,
-                                   g + (size_t)i * H3, dgi + ((size_t)t_in * B + b) * 2 * H3 + (size_t)d * H3);
+                                   g + (size_t)i * H3, dgi[d] + ((size_t)b * T + t_in) * H3);
             }
             if (s) /* dh_{s-1} = dh z + d gh @ W_hh */
-                gemm(nb, H, H3, g, H3, w_nrz + (size_t)d * H3 * H, H, 1.0f, dh_d, H);
+                gemm(nb, H, H3, g, H3, w_hh[d], H, 1.0f, dh_d, H);
         }
     }
 }
 
-void avm_bigru_backward(int T, int B, int H, const float *coef, const float *w_nrz, float *dh, float *dgh,
-                        float *dgi) {
-    const int n = n_threads(B);
-#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs all rows */
+void avm_bigru_backward(int T, int B, int H, const float *coef, const float *w_hh_f, const float *w_hh_b,
+                        float *dh, float *dgh, float *dgi_f, float *dgi_b) {
+    const float *const w_hh[2] = {w_hh_f, w_hh_b};
+    float *const dgi[2] = {dgi_f, dgi_b};
+    const int n = n_threads_bidir(B);
+#pragma omp parallel num_threads(n) if (n > 1) /* one thread: no team, the caller runs everything */
     {
-        int b0, nb;
-        const int prev = enter_slice(B, &b0, &nb);
-        bigru_backward_rows(T, B, H, b0, nb, coef, w_nrz, dh, dgh, dgi);
+        int d0, nd, b0, nb;
+        const int prev = enter_bidir_slice(B, &d0, &nd, &b0, &nb);
+        bigru_backward_rows(T, B, H, d0, nd, b0, nb, coef, w_hh, dh, dgh, dgi);
         leave_slice(prev);
     }
 }

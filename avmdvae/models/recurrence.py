@@ -28,6 +28,7 @@ and the input part of the weight gradient contiguous (two exact-size matmuls aft
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -35,96 +36,108 @@ from avmdvae.models import native
 
 
 class BiGRUFinal(torch.autograd.Function):
-    """Final states of a bidirectional GRU (PyTorch gate layout r, z, n) from precomputed input gates.
+    """Final states of a bidirectional GRU (nn.GRU's layouts and gate order r, z, n) from its input products.
 
-    forward(gi (T, B, 2, 3H) input transforms incl. b_ih (direction 1 reads time backwards),
-            w_hh_t (2, H, 3H), b_hh (2, 1, 3H), for_backward) -> h_n (2, B, H).
-    One autograd node for the whole recurrence, both directions advanced together (one bmm per step).
-    With h' = n + z (h - n), n = tanh(a_n), a_n = gi_n + r gh_n, r = sig(a_r), z = sig(a_z), every
-    derivative factor that does not depend on the incoming gradient is formed in the forward step while
-    its operands are in cache, in five slots per unit:
-        [c_hn, c_r, c_z, c_n, z] = [c_n r, c_n gh_n r (1 - r), (h - n) z (1 - z), (1 - z)(1 - n^2), z]
-    so that a backward step is one multiply (dh times the slots = [d gh_n, d a_r, d a_z, d a_n, dh z])
-    and one bmm (dh_prev = dh z + d gh W_hh). Slots 0-2 are d gh in gate order (n, r, z), slots 1-3 the
-    input-gate gradient in order (r, z, n): both contiguous. Weight and bias gradients are one bmm each
-    over all frames afterwards.
+    forward(gi_f, gi_b (B, T, 3H) = x @ W_ih^T of each direction, without bias; w_hh_f, w_hh_b (3H, H);
+            b_ih_f, b_ih_b, b_hh_f, b_hh_b (3H,); for_backward) -> h_n (2, B, H): the forward
+    direction's last state and the backward direction's state after reading the first frame.
+    One autograd node for the whole recurrence, both directions advanced together, the biases added in
+    the loop (no broadcast copy of b_ih over all frames, and its gradient is mostly b_hh's) and every
+    gradient returned in its parameter's own layout. With h' = n + z (h - n), n = tanh(a_n),
+    a_n = gi_n + r gh_n, r = sig(a_r), z = sig(a_z), every derivative factor that does not depend on the
+    incoming gradient is formed in the forward step while its operands are in cache, in five slots per unit:
+        [c_r, c_z, c_hn, c_n, z] = [c_n gh_n r (1 - r), (h - n) z (1 - z), c_n r, c_n, z], c_n = (1 - z)(1 - n^2)
+    so that a backward step is one multiply (dh times the slots = [d a_r, d a_z, d gh_n, d a_n, dh z]) and
+    one matmul (dh_prev = dh z + d gh W_hh; slots 0-2 are d gh in gate order). Weight and bias gradients
+    are one matmul each over all frames afterwards.
     """
 
     @staticmethod
-    def forward(ctx, gi: Tensor, w_hh_t: Tensor, b_hh: Tensor, for_backward: bool) -> Tensor:  # type: ignore[override]
-        T, B, _, H3 = gi.shape
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        gi_f: Tensor,
+        gi_b: Tensor,
+        w_hh_f: Tensor,
+        w_hh_b: Tensor,
+        b_ih_f: Tensor,
+        b_ih_b: Tensor,
+        b_hh_f: Tensor,
+        b_hh_b: Tensor,
+        for_backward: bool,
+    ) -> Tensor:
+        B, T, H3 = gi_f.shape
         H = H3 // 3
-        hs = gi.new_empty(2, T + 1, B, H)  # hs[:, s] = state entering step s (direction-major for d_w)
+        # per direction [b_ih + b_hh for r and z, b_ih n, b_hh n] (2, 4H)
+        bias = torch.stack(
+            [
+                torch.cat([bi[: 2 * H] + bh[: 2 * H], bi[2 * H :], bh[2 * H :]])
+                for bi, bh in ((b_ih_f, b_hh_f), (b_ih_b, b_hh_b))
+            ]
+        )
+        hs = gi_f.new_empty(2, T + 1, B, H)  # hs[:, s] = state entering step s (direction-major for d_w)
         hs[:, 0].zero_()
-        coef = gi.new_empty(2, T, B, 5, H) if for_backward else None
-        lib = native.usable(gi, w_hh_t, b_hh)
+        coef = gi_f.new_empty(2, T, B, 5, H) if for_backward else None
+        w_hh_t = torch.stack([w_hh_f.t(), w_hh_b.t()])  # (2, H, 3H): a transposed gemm operand is slower
+        lib = native.usable(gi_f, gi_b, w_hh_t)
         if lib is not None:
-            scratch = gi.new_empty(B, H3)  # each C thread uses the rows of its batch slice
-            lib.avm_bigru_forward(
-                T,
-                B,
-                H,
-                gi.data_ptr(),
-                w_hh_t.data_ptr(),
-                b_hh.data_ptr(),
-                hs.data_ptr(),
-                None if coef is None else coef.data_ptr(),
-                scratch.data_ptr(),
-            )
+            scratch = gi_f.new_empty(2, B, H3)  # each C thread uses the rows of its direction and batch slice
+            bufs = (gi_f, gi_b, w_hh_t, bias, hs, coef, scratch)
+            lib.avm_bigru_forward(T, B, H, *(None if x is None else x.data_ptr() for x in bufs))
         else:  # the PyTorch loop: reference and fallback
+            b_rz, b_in, b_hn = bias[:, None, : 2 * H], bias[:, None, 2 * H : 3 * H], bias[:, None, 3 * H :]
             for s in range(T):
                 h = hs[:, s]
-                g_in = torch.stack([gi[s, :, 0], gi[T - 1 - s, :, 1]])  # (2, B, 3H), processing order
-                gh = torch.baddbmm(b_hh, h, w_hh_t)
-                a_rz = torch.add(g_in[..., : 2 * H], gh[..., : 2 * H])
+                g_in = torch.stack([gi_f[:, s], gi_b[:, T - 1 - s]])  # (2, B, 3H), processing order
+                gh = torch.bmm(h, w_hh_t)
+                a_rz = g_in[..., : 2 * H] + gh[..., : 2 * H] + b_rz
                 r = a_rz[..., :H].sigmoid_()
                 # z straight into its backward slot (a strided copy afterwards costs more than the sigmoid)
                 z = a_rz[..., H:].sigmoid_() if coef is None else torch.sigmoid(a_rz[..., H:], out=coef[:, s, :, 4])
-                ghn = gh[..., 2 * H :]
-                n = torch.addcmul(g_in[..., 2 * H :], r, ghn).tanh_()
+                ghn = gh[..., 2 * H :] + b_hn
+                n = torch.addcmul(g_in[..., 2 * H :] + b_in, r, ghn).tanh_()
                 h_minus_n = h - n
                 torch.addcmul(n, z, h_minus_n, out=hs[:, s + 1])
                 if coef is not None:
                     c = coef[:, s]
                     one_minus_z = 1.0 - z
                     c_n = torch.addcmul(one_minus_z, one_minus_z * n, n, value=-1.0, out=c[:, :, 3])
-                    c_hn = torch.mul(c_n, r, out=c[:, :, 0])
+                    c_hn = torch.mul(c_n, r, out=c[:, :, 2])
                     t = c_hn * ghn
-                    torch.addcmul(t, t, r, value=-1.0, out=c[:, :, 1])
+                    torch.addcmul(t, t, r, value=-1.0, out=c[:, :, 0])
                     t = h_minus_n * z
-                    torch.addcmul(t, t, z, value=-1.0, out=c[:, :, 2])
+                    torch.addcmul(t, t, z, value=-1.0, out=c[:, :, 1])
         if coef is not None:
-            ctx.save_for_backward(w_hh_t, hs, coef)
+            ctx.save_for_backward(w_hh_f, w_hh_b, hs, coef)
         return hs[:, T].clone()
 
     @staticmethod
-    def backward(ctx, dh_n: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
-        w_hh_t, hs, coef = ctx.saved_tensors
+    def backward(ctx: FunctionCtx, dh_n: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        w_hh_f, w_hh_b, hs, coef = ctx.saved_tensors  # type: ignore[attr-defined]
         _, T, B, _, H = coef.shape
-        # W_hh^T with its gate rows in slot order (n, r, z), contiguous: a transposed bmm operand is slow
-        w_nrz = torch.cat([w_hh_t[..., 2 * H :], w_hh_t[..., : 2 * H]], -1).transpose(1, 2).contiguous()
-        dgi = coef.new_empty(T, B, 2, 3 * H)
-        lib = native.usable(coef, w_nrz)
+        dgi = coef.new_empty(2, B, T, 3 * H)  # per direction, frames in time order
+        dgh = coef.new_empty(2, T, B, 3 * H)  # per direction, frames in processing order (as hs)
+        dh = dh_n.to(coef.dtype, copy=True).contiguous()
+        lib = native.usable(coef, w_hh_f, w_hh_b)
         if lib is not None:
-            dh = dh_n.to(coef.dtype, copy=True).contiguous()
-            dgh = coef.new_empty(2, T * B, 3 * H)
-            lib.avm_bigru_backward(
-                T, B, H, coef.data_ptr(), w_nrz.data_ptr(), dh.data_ptr(), dgh.data_ptr(), dgi.data_ptr()
-            )
+            bufs = (coef, w_hh_f, w_hh_b, dh, dgh, dgi[0], dgi[1])
+            lib.avm_bigru_backward(T, B, H, *(x.data_ptr() for x in bufs))
         else:
-            prod = torch.empty_like(coef)  # dh times the slots, per step
-            dh = dh_n.contiguous()
+            w_hh = torch.stack([w_hh_f, w_hh_b])  # (2, 3H, H)
             for s in range(T - 1, -1, -1):
-                p = torch.mul(dh[:, :, None], coef[:, s], out=prod[:, s]).view(2, B, 5 * H)
-                dgi[s, :, 0] = p[0, :, H : 4 * H]
-                dgi[T - 1 - s, :, 1] = p[1, :, H : 4 * H]
+                p = (dh[:, :, None] * coef[:, s]).view(2, B, 5 * H)
+                dgh[:, s] = p[..., : 3 * H]
+                for d, t in ((0, s), (1, T - 1 - s)):
+                    dgi[d, :, t, : 2 * H] = p[d, :, : 2 * H]
+                    dgi[d, :, t, 2 * H :] = p[d, :, 3 * H : 4 * H]
                 if s:
-                    dh = torch.baddbmm(p[..., 4 * H :], p[..., : 3 * H], w_nrz)
-            dgh = prod.view(2, T * B, 5 * H)[..., : 3 * H]  # (2, T*B, 3H), gate order (n, r, z)
-        d_w = torch.bmm(hs[:, :T].reshape(2, T * B, H).transpose(1, 2), dgh)
-        d_b = torch.bmm(dgh.new_ones(2, 1, T * B), dgh)
-        d_w, d_b = (torch.cat([x[..., H:], x[..., :H]], -1) for x in (d_w, d_b))  # back to (r, z, n)
-        return dgi, d_w, d_b, None
+                    dh = torch.baddbmm(p[..., 4 * H :], p[..., : 3 * H], w_hh)
+        TB = T * B
+        dgh_all = dgh.view(2, TB, 3 * H)
+        d_w = torch.bmm(dgh_all.transpose(1, 2), hs[:, :T].reshape(2, TB, H))  # (2, 3H, H)
+        ones = dgh.new_ones(2, 1, TB)
+        d_b_ih = torch.bmm(ones, dgi.view(2, TB, 3 * H))[:, 0]  # (2, 3H)
+        d_b_hh = torch.cat([d_b_ih[:, : 2 * H], torch.bmm(ones, dgh_all[..., 2 * H :])[:, 0]], -1)
+        return dgi[0], dgi[1], d_w[0], d_w[1], d_b_ih[0], d_b_ih[1], d_b_hh[0], d_b_hh[1], None
 
 
 class ChainsLoop(torch.autograd.Function):
@@ -353,9 +366,15 @@ def _run_loop(fn: type[torch.autograd.Function], dtype: torch.dtype, *args: Tens
         return fn.apply(*args, needs_backward)
 
 
-def bigru_final(gi: Tensor, w_hh_t: Tensor, b_hh: Tensor) -> Tensor:
-    """Final states (2, B, H) of a bidirectional GRU; see `BiGRUFinal` for the shapes."""
-    return _run_loop(BiGRUFinal, w_hh_t.dtype, gi, w_hh_t, b_hh)  # type: ignore[return-value]
+def bigru_final(x: Tensor, gru: torch.nn.GRU) -> Tensor:
+    """Final states (2, B, H) of a one-layer bidirectional nn.GRU over batch-major x (B, T, in); its
+    [h_n[0], h_n[1]] for the time-major x.transpose(0, 1). The input products of all frames are two matmuls
+    (in the autocast dtype under autocast); the loop is `BiGRUFinal`."""
+    gi_f = F.linear(x, gru.weight_ih_l0)
+    gi_b = F.linear(x, gru.weight_ih_l0_reverse)
+    params = (gru.weight_hh_l0, gru.weight_hh_l0_reverse, gru.bias_ih_l0, gru.bias_ih_l0_reverse)
+    params += (gru.bias_hh_l0, gru.bias_hh_l0_reverse)
+    return _run_loop(BiGRUFinal, gru.weight_hh_l0.dtype, gi_f, gi_b, *params)  # type: ignore[return-value]
 
 
 def chains_loop(
