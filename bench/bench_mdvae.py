@@ -2,19 +2,23 @@
 
 A step = zero_grad + forward + backward + AdamW step (fused, as the training loop runs it), reference
 sizes (MDVAEDims()), T = 30.
-For each batch size and precision (fp32, bf16 autocast) three contenders run in the same process,
+For each batch size and precision (fp32, bf16 autocast; fp16 autocast with a GradScaler on CUDA, as
+`avmdvae train --precision fp16` runs it) three contenders run in the same process,
 interleaved, medians of several repeats: the model with its native (C) time loops, the same model with
 its PyTorch loops (AVMDVAE_NATIVE=0), and the step-by-step reference. The floor is the step's
-matrix-product FLOPs (counted analytically from the dims) divided by this machine's fp32 (or bf16)
+matrix-product FLOPs (counted analytically from the dims) divided by this machine's fp32 (or bf16, fp16)
 matmul rate: the best median rate of torch.mm on the model's big shapes, timed in the same loop as the steps.
+On CUDA every timed call is bracketed by torch.cuda.synchronize(), the native loops are CPU-only (the first
+two columns then run the same code), and fp32 matmuls run as PyTorch's default sets them (TF32 off unless
+torch.backends.cuda.matmul.allow_tf32 is set; the header says which).
 
-    .venv/bin/python bench/bench_mdvae.py [--repeats 7] [--batches 8 64] [--threads 2] [--device cpu]
+    .venv/bin/python bench/bench_mdvae.py [--repeats 7] [--batches 8 64] [--threads 2]
+    .venv/bin/python bench/bench_mdvae.py --device cuda --batches 1024 64 --precisions fp32 bf16 fp16
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avmdvae.models import MDVAE, MDVAEDims  # noqa: E402
 from avmdvae.runtime import keep_freed_memory  # noqa: E402
+from avmdvae.training.loop import autocast_context  # noqa: E402
 from tests.reference_mdvae import reference_mdvae  # noqa: E402
 
 
@@ -74,7 +79,7 @@ def step_flops(d: MDVAEDims, B: int, T: int) -> dict[str, float]:
     return {"forward": f, "backward": bwd, "total": f + bwd}
 
 
-def matmul_probes(dtype: torch.dtype, B: int, T: int, d: MDVAEDims) -> list[tuple[int, object]]:
+def matmul_probes(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, device: torch.device) -> list[tuple[int, object]]:
     """(FLOPs, zero-argument torch.mm call) for the model's large shapes (forward and backward forms)."""
     N = B * T
     shapes = [
@@ -86,24 +91,22 @@ def matmul_probes(dtype: torch.dtype, B: int, T: int, d: MDVAEDims) -> list[tupl
     ]
     probes = []
     for m, k, n in shapes:
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
         probes.append((mm_flops(m, k, n), lambda a=a, b=b: torch.mm(a, b)))
     return probes
 
 
-def make_step(model: MDVAE, opt, xa, xv, noise, reference: bool, bf16: bool, use_native: bool = True):
+def make_step(model: MDVAE, opt, scaler, xa, xv, noise, reference: bool, precision: str, use_native: bool = True):
+    """One training step as `avmdvae train` runs it (autocast per precision, GradScaler for fp16)."""
+
     def step() -> None:
         os.environ["AVMDVAE_NATIVE"] = "1" if use_native else "0"  # read by native.library() at each call
         opt.zero_grad(set_to_none=True)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = (
-                reference_mdvae(model, xa, xv, noise)["loss"]
-                if reference
-                else model(xa, xv, noise=noise).loss
-            )
-        loss.backward()
-        opt.step()
+        with autocast_context(xa.device, precision):
+            loss = reference_mdvae(model, xa, xv, noise)["loss"] if reference else model(xa, xv, noise=noise).loss
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return step
 
@@ -115,8 +118,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--T", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch sees no CUDA device; run without --device for the CPU benchmark")
+    if device.type == "cpu" and "fp16" in args.precisions:
+        sys.exit("error: fp16 is CUDA-only (as in `avmdvae train`); use fp32 or bf16 on the CPU")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as `avmdvae train` does
     torch.manual_seed(0)
@@ -124,30 +134,38 @@ def main() -> None:
     T = args.T
     from avmdvae.models import native
 
+    if device.type == "cuda":
+        where = (
+            f"{torch.cuda.get_device_name(device)}, TF32 matmuls {torch.backends.cuda.matmul.allow_tf32}, "
+            "native loops CPU-only (both columns run PyTorch loops)"
+        )
+    else:
+        native_state = "on" if native.library() is not None else "UNAVAILABLE (both columns run PyTorch loops)"
+        where = f"threads {torch.get_num_threads()}, native loops {native_state}"
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={T}, repeats {args.repeats}, "
-        f"native loops {'on' if native.library() is not None else 'UNAVAILABLE (both columns run PyTorch loops)'}, "
+        f"torch {torch.__version__}, {where}, T={T}, repeats {args.repeats}, "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
     rows = []
     steal0 = cpu_ticks()
     for B in args.batches:
         fl = step_flops(d, B, T)
-        xa, xv = torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v)
+        xa, xv = torch.randn(B, T, d.feat_a, device=device), torch.randn(B, T, d.feat_v, device=device)
         noise = {
-            "w": torch.randn(B, d.w_dim),
-            "zav": torch.randn(B, T, d.zav_dim),
-            "za": torch.randn(B, T, d.za_dim),
-            "zv": torch.randn(B, T, d.zv_dim),
+            "w": torch.randn(B, d.w_dim, device=device),
+            "zav": torch.randn(B, T, d.zav_dim, device=device),
+            "za": torch.randn(B, T, d.za_dim, device=device),
+            "zv": torch.randn(B, T, d.zv_dim, device=device),
         }
         for prec in args.precisions:
-            bf16 = prec == "bf16"
-            probes = matmul_probes(torch.bfloat16 if bf16 else torch.float32, B, T, d)
-            model = MDVAE(d)
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+            probes = matmul_probes(dtype, B, T, d, device)
+            model = MDVAE(d).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the training loop's optimiser
-            fast = make_step(model, opt, xa, xv, noise, False, bf16)
-            torch_loops = make_step(model, opt, xa, xv, noise, False, bf16, use_native=False)
-            ref = make_step(model, opt, xa, xv, noise, True, bf16)
+            scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16")
+            fast = make_step(model, opt, scaler, xa, xv, noise, False, prec)
+            torch_loops = make_step(model, opt, scaler, xa, xv, noise, False, prec, use_native=False)
+            ref = make_step(model, opt, scaler, xa, xv, noise, True, prec)
             for fn in (fast, torch_loops, ref, *(p[1] for p in probes)):
                 for _ in range(args.warmup):
                     fn()
@@ -158,8 +176,10 @@ def main() -> None:
             contenders = [(fast, tf), (torch_loops, tt), (ref, tr), *zip((p[1] for p in probes), tp, strict=True)]
             for _ in range(args.repeats):
                 for fn, acc in contenders:
+                    sync()
                     t0 = time.perf_counter()
                     fn()
+                    sync()
                     acc.append(time.perf_counter() - t0)
             t_fast, t_torch, t_ref = statistics.median(tf), statistics.median(tt), statistics.median(tr)
             rate = max(f / statistics.median(ts) for (f, _), ts in zip(probes, tp, strict=True))  # best shape's median
