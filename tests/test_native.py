@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avmdvae.models import DSAE, MDVAE, DSAEDims, MDVAEDims, native
-from avmdvae.models.recurrence import bigru_final
+from avmdvae.models.recurrence import BiGRUFinal, bigru_final
 
 needs_native = pytest.mark.skipif(
     native.library() is None, reason="no C compiler or no sgemm exported by this PyTorch build"
@@ -70,6 +70,30 @@ def _bigru_run(monkeypatch, use_native: bool):
 def test_bigru_native_matches_torch_loop(monkeypatch) -> None:
     for ours, ref in zip(_bigru_run(monkeypatch, True), _bigru_run(monkeypatch, False), strict=True):
         assert _rel_err(ours, ref) < 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize("B", [1, 5, 16])
+def test_bigru_loop_same_bits_on_one_and_two_threads(B: int) -> None:
+    """The C GRU runs one direction per thread (each with its own scratch rows): the loop's outputs and the
+    input-gate gradients it writes must be those of the one-thread run, bit for bit."""
+    g = torch.Generator().manual_seed(B)
+    T, H = 7, 16
+    gi = [torch.randn(B, T, 3 * H, generator=g).requires_grad_() for _ in range(2)]
+    params = [0.3 * torch.randn(3 * H, H, generator=g) for _ in range(2)]
+    params += [0.3 * torch.randn(3 * H, generator=g) for _ in range(4)]
+    up = torch.randn(2, B, H, generator=g)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = BiGRUFinal.apply(*gi, *params, True)
+            runs.append([out.detach(), *torch.autograd.grad(out, gi, up)])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
 
 
 def _step(monkeypatch, use_native: bool, model: torch.nn.Module, inputs, noise):
