@@ -79,10 +79,12 @@ static int enter_bidir_slice(int B, int *d0, int *nd, int *b0, int *nb) {
         *d0 = 0, *nd = 2, *b0 = 0, *nb = B;
         return -1;
     }
+    /* per: row slices per direction; a team smaller than asked for (possible only under OMP_DYNAMIC or a
+     * thread limit) may be odd, and its last thread then has no rows */
     const int j = i / 2, per = m / 2;
     *d0 = i % 2, *nd = 1;
-    *b0 = (int)((long long)B * j / per);
-    *nb = (int)((long long)B * (j + 1) / per) - *b0;
+    *b0 = j < per ? (int)((long long)B * j / per) : 0;
+    *nb = j < per ? (int)((long long)B * (j + 1) / per) - *b0 : 0;
     return mkl_threads_local ? mkl_threads_local(1) : -1;
 }
 

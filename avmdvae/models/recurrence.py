@@ -78,7 +78,7 @@ class BiGRUFinal(torch.autograd.Function):
         hs[:, 0].zero_()
         coef = gi_f.new_empty(2, T, B, 5, H) if for_backward else None
         w_hh_t = torch.stack([w_hh_f.t(), w_hh_b.t()])  # (2, H, 3H): a transposed gemm operand is slower
-        lib = native.usable(gi_f, gi_b, w_hh_t)
+        lib = native.usable(gi_f, gi_b, w_hh_t, bias)
         if lib is not None:
             scratch = gi_f.new_empty(2, B, H3)  # each C thread uses the rows of its direction and batch slice
             bufs = (gi_f, gi_b, w_hh_t, bias, hs, coef, scratch)
