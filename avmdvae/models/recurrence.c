@@ -52,13 +52,14 @@ static int n_threads(int B) {
 /* Inside a parallel region: the calling thread's contiguous slice [*b0, *b0 + *nb) of B rows, and MKL
  * set to one thread on it -> the previous thread-local setting, for leave_slice. torch turns MKL_DYNAMIC
  * off, so MKL would open a nested team of its own in every call where nesting is on (OMP_NESTED=true:
- * 5-30 times slower); the default nesting of libgomp alone is no guarantee. */
+ * 5-30 times slower); the default nesting of libgomp alone is no guarantee. A thread running alone
+ * (B < 2 MIN_ROWS) holds MKL to one thread too: a team forked and joined for every gemm of 1-7 rows made
+ * the training step 2-4x slower at B = 1, 4 and 6 on 2 cores. */
 static int enter_slice(int B, int *b0, int *nb) {
     const int i = omp_get_thread_num(), m = omp_get_num_threads();
     *b0 = (int)((long long)B * i / m);
     *nb = (int)((long long)B * (i + 1) / m) - *b0;
-    /* alone (no team), MKL keeps torch's thread count for the gemms of all rows */
-    return mkl_threads_local && m > 1 ? mkl_threads_local(1) : -1;
+    return mkl_threads_local ? mkl_threads_local(1) : -1;
 }
 
 /* The bidirectional GRU's split: threads for B rows in two directions, an even number (half the team per
@@ -77,7 +78,7 @@ static int enter_bidir_slice(int B, int *d0, int *nd, int *b0, int *nb) {
     const int i = omp_get_thread_num(), m = omp_get_num_threads();
     if (m < 2) {
         *d0 = 0, *nd = 2, *b0 = 0, *nb = B;
-        return -1;
+        return mkl_threads_local ? mkl_threads_local(1) : -1;
     }
     /* per: row slices per direction; a team smaller than asked for (possible only under OMP_DYNAMIC or a
      * thread limit) may be odd, and its last thread then has no rows */
