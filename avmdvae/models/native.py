@@ -36,6 +36,7 @@ _I = ctypes.c_int
 _SIGNATURES: dict[str, list[type]] = {
     "avm_set_sgemm": [_P],
     "avm_set_mkl_threads_local": [_P],
+    "avm_set_sgemm_pack": [_P] * 3,
     "avm_bigru_forward": [_I] * 3 + [_P] * 7,
     "avm_bigru_backward": [_I] * 3 + [_P] * 7,
     "avm_chains_forward": [_I] * 7 + [_P] * 18,
@@ -163,6 +164,9 @@ def library() -> ctypes.CDLL | None:
     lib.avm_set_sgemm(sgemm)
     # the C function behind mkl_set_num_threads_local (a macro; the lowercase symbol is Fortran's, int *)
     lib.avm_set_mkl_threads_local(_torch_symbol("MKL_Set_Num_Threads_Local"))  # None: not MKL
+    packing = [_torch_symbol(n) for n in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")]
+    if all(packing):  # MKL's packed gemm (loops without it use plain sgemm)
+        lib.avm_set_sgemm_pack(*packing)
     _lib = lib
     return _lib
 
