@@ -347,10 +347,13 @@ class DynamicalChains(nn.Module):
         return F.pad(x, (0, 0, 0, n - x.shape[0])) if x.shape[0] < n else x
 
     def _pad_gauss_out(self, lin: nn.Linear) -> tuple[Tensor, Tensor]:
-        """fc2 of a head (2z, P) -> transposed weight (P, 2*z_max) and bias (2*z_max,), zero padded."""
+        """fc2 of a head (2z, P) -> transposed weight (P, 2*z_max) and bias (2*z_max,), each half zero padded."""
         z, zm = lin.out_features // 2, self.z_max
-        w = torch.cat([self._pad_rows(lin.weight[:z], zm), self._pad_rows(lin.weight[z:], zm)])
-        b = torch.cat([F.pad(lin.bias[:z], (0, zm - z)), F.pad(lin.bias[z:], (0, zm - z))])
+        if z == zm:
+            return lin.weight.t(), lin.bias
+        # one pad of the (mean | logvar) halves seen as a leading dim: one autograd node, not slices and cats
+        w = F.pad(lin.weight.view(2, z, -1), (0, 0, 0, zm - z)).view(2 * zm, -1)
+        b = F.pad(lin.bias.view(2, z), (0, zm - z)).view(2 * zm)
         return w.t(), b
 
     def forward(
@@ -370,15 +373,17 @@ class DynamicalChains(nn.Module):
         Z0 = specs[0].z_dim
         # Everything that does not depend on the recurrence is built here under autograd, batched over
         # frames; the time loop itself is one autograd node with a hand-written backward (recurrence.py).
+        # the posterior fc1 weights' column blocks [features | w | state | root z (children)]: one split
+        # each (one autograd node whose backward is one cat, where slices would each fill a zero weight)
+        fc1 = [
+            p.fc1.weight.split([s.feat_dim, Dw, H, p.fc1.in_features - s.feat_dim - Dw - H], 1)
+            for p, s in zip(self.post, specs, strict=True)
+        ]
         # posterior fc1 contributions of the frame features and w, for all frames, time-major: (C, T, B, P)
-        fc1w = [p.fc1.weight for p in self.post]
         a = torch.stack(
             [
-                (
-                    F.linear(feats[c], fc1w[c][:, : s.feat_dim])
-                    + F.linear(w, fc1w[c][:, s.feat_dim : s.feat_dim + Dw], self.post[c].fc1.bias)[:, None]
-                ).transpose(0, 1)
-                for c, s in enumerate(specs)
+                (F.linear(feats[c], fc1[c][0]) + F.linear(w, fc1[c][1], self.post[c].fc1.bias)[:, None]).transpose(0, 1)
+                for c in range(C)
             ]
         )
         # the GRUs' weights and biases packed as (C, H + Zm + 1, 4H), columns [gh_n | r, u | gi_n]: rows :H
@@ -396,12 +401,12 @@ class DynamicalChains(nn.Module):
             1,
         )
         # state columns of the posterior fc1: (C, H, P)
-        w_ph = torch.stack([fc1w[c][:, s.feat_dim + Dw : s.feat_dim + Dw + H].t() for c, s in enumerate(specs)])
+        w_ph = torch.stack([fc1[c][2].t() for c in range(C)])
         root_out = self.post[0].fc2
         w_pz = w_ko = b_ko = None
         if K:
             # children see z_t^root: (Z0, K*P); their output layers padded to z_max: (K, P, 2Zm)
-            w_pz = torch.cat([fc1w[c][:, specs[c].feat_dim + Dw + H :] for c in range(1, C)], 0).t()
+            w_pz = torch.cat([fc1[c][3] for c in range(1, C)], 0).t()
             outs = [self._pad_gauss_out(self.post[c].fc2) for c in range(1, C)]
             w_ko = torch.stack([o[0] for o in outs])
             b_ko = torch.stack([o[1] for o in outs])[:, None]
