@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 
 import pytest
@@ -136,3 +137,24 @@ def test_dsae_step_native_matches_torch_loops(monkeypatch) -> None:
     ref = _step(monkeypatch, False, m, (x,), noise)
     for a, b in zip(ours, ref, strict=True):
         assert _rel_err(a, b) < 1e-4
+
+
+@needs_native
+@pytest.mark.parametrize("B", [1, 16])  # one thread alone (chains below 8 rows), and a team
+def test_loops_leave_the_callers_mkl_threads_as_they_were(B: int) -> None:
+    """The loops hold MKL to one thread while they run; the caller's torch.mm must get its threads back."""
+    mkl_max_threads = native._torch_symbol("MKL_Get_Max_Threads")
+    if not mkl_max_threads:
+        pytest.skip("this PyTorch build has no MKL")
+    get = ctypes.CFUNCTYPE(ctypes.c_int)(mkl_max_threads)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        before = get()
+        torch.manual_seed(2)
+        d = MDVAEDims.tiny()
+        m = MDVAE(d)
+        m(torch.randn(B, 6, d.feat_a), torch.randn(B, 6, d.feat_v)).loss.backward()  # both loops, both ways
+        assert before == 2 and get() == before
+    finally:
+        torch.set_num_threads(prev)
