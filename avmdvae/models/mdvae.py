@@ -149,16 +149,8 @@ class _OutputLayerHalfSquaredError(torch.autograd.Function):
     def backward(ctx, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         h, weight, wr, r = ctx.saved_tensors
         need = ctx.needs_input_grad
-        d_h = d_w = None
-        if g.device.type == "cpu":  # g goes into the gemms' alpha: no scaled weight copy, no pass over d_w
-            s = g.item()
-            if need[0]:
-                d_h = h.new_empty(h.shape).addmm_(wr, weight, beta=0, alpha=s)
-            if need[1]:
-                d_w = weight.new_empty(weight.shape).addmm_(wr.t(), h, beta=0, alpha=s)
-        else:  # reading g on the host would wait for the device
-            d_h = wr @ (weight * g) if need[0] else None
-            d_w = (wr.t() @ h).mul_(g) if need[1] else None
+        d_h = wr @ (weight * g) if need[0] else None
+        d_w = (wr.t() @ h).mul_(g) if need[1] else None
         d_b = wr.sum(0).mul_(g) if need[2] else None
         d_x = wr * -g if need[3] else None
         d_prec = None if r is None else 0.5 * g * r.pow(2).sum(0)
