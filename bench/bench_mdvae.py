@@ -96,6 +96,18 @@ def matmul_probes(dtype: torch.dtype, B: int, T: int, d: MDVAEDims, device: torc
     return probes
 
 
+def random_batch(d: MDVAEDims, B: int, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Random features xa (B, T, feat_a), xv (B, T, feat_v) and reparameterisation noise for one step."""
+    xa, xv = torch.randn(B, T, d.feat_a, device=device), torch.randn(B, T, d.feat_v, device=device)
+    noise = {
+        "w": torch.randn(B, d.w_dim, device=device),
+        "zav": torch.randn(B, T, d.zav_dim, device=device),
+        "za": torch.randn(B, T, d.za_dim, device=device),
+        "zv": torch.randn(B, T, d.zv_dim, device=device),
+    }
+    return xa, xv, noise
+
+
 def make_step(model: MDVAE, opt, scaler, xa, xv, noise, reference: bool, precision: str, use_native: bool = True):
     """One training step as `avmdvae train` runs it (autocast per precision, GradScaler for fp16)."""
 
@@ -150,13 +162,7 @@ def main() -> None:
     steal0 = cpu_ticks()
     for B in args.batches:
         fl = step_flops(d, B, T)
-        xa, xv = torch.randn(B, T, d.feat_a, device=device), torch.randn(B, T, d.feat_v, device=device)
-        noise = {
-            "w": torch.randn(B, d.w_dim, device=device),
-            "zav": torch.randn(B, T, d.zav_dim, device=device),
-            "za": torch.randn(B, T, d.za_dim, device=device),
-            "zv": torch.randn(B, T, d.zv_dim, device=device),
-        }
+        xa, xv, noise = random_batch(d, B, T, device)
         for prec in args.precisions:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
             probes = matmul_probes(dtype, B, T, d, device)

@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mdvae import make_step, matmul_probes, step_flops  # noqa: E402
+from bench_mdvae import make_step, matmul_probes, random_batch, step_flops  # noqa: E402
 
 from avmdvae.models import MDVAE, MDVAEDims, native  # noqa: E402
 from avmdvae.runtime import keep_freed_memory  # noqa: E402
@@ -88,7 +88,7 @@ def _copy(x: object) -> object:
 class LoopTimer:
     """Wraps the native library's loop entry points to add their wall time to seconds['native loops']."""
 
-    NAMES = ("avm_bigru_forward", "avm_bigru_backward", "avm_chains_forward", "avm_chains_backward")
+    NAMES = [name for name in native._SIGNATURES if not name.startswith("avm_set_")]  # the loops' entry points
 
     def __init__(self, seconds: dict[str, float]) -> None:
         self.lib = native.library()
@@ -146,13 +146,7 @@ def main() -> None:
         f"{'on' if native.library() is not None else 'UNAVAILABLE'}, T={T}, fp32, repeats {args.repeats}"
     )
     for B in args.batches:
-        xa, xv = torch.randn(B, T, d.feat_a), torch.randn(B, T, d.feat_v)
-        noise = {
-            "w": torch.randn(B, d.w_dim),
-            "zav": torch.randn(B, T, d.zav_dim),
-            "za": torch.randn(B, T, d.za_dim),
-            "zv": torch.randn(B, T, d.zv_dim),
-        }
+        xa, xv, noise = random_batch(d, B, T, torch.device("cpu"))
         model = MDVAE(d)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         step = make_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), xa, xv, noise, False, "fp32")
