@@ -310,6 +310,9 @@ class Timeline:
     head_scale: np.ndarray
     arousal: float
     valence: float
+    # f0 = f0_from_intonation(intonation, speaker.f0_mean, arousal, pitch_offset_st) on the control grid
+    intonation: np.ndarray | None = None  # (C,) semitones: the intonation contour alone (z(a))
+    pitch_offset_st: float = 0.0  # per-clip pitch offset in semitones (static)
 
     @property
     def n_samples(self) -> int:
@@ -426,8 +429,9 @@ def make_timeline(seed: int, spec: ClipSpec, speaker: Speaker, sentence: Sentenc
     if rng.random() < 0.25:  # final rise
         st += 5.0 * np.clip((tc - (s1 - 0.35)) / 0.35, 0, 1) ** 2
     st += _smooth_random(rng, tc, 0.7, 1.0, 3.0)
-    st = st * (1 + AROUSAL_RANGE * arousal) + AROUSAL_PITCH_ST * arousal + rng.uniform(-1.0, 1.0)
-    f0 = np.clip(speaker.f0_mean * 2 ** (st / 12), 60.0, 450.0)
+    intonation = st  # the dynamical part (z(a)); level, range and offset below are static (w)
+    offset_st = float(rng.uniform(-1.0, 1.0))
+    f0 = f0_from_intonation(intonation, speaker.f0_mean, arousal, offset_st)
 
     gain_db = speaker.level_db + AROUSAL_GAIN_DB * arousal + rng.uniform(-1.0, 1.0)
 
@@ -452,8 +456,15 @@ def make_timeline(seed: int, spec: ClipSpec, speaker: Speaker, sentence: Sentenc
         head_x=x0 + _smooth_random(rng, tf, 0.025, 0.1, 0.6),
         head_y=y0 + _smooth_random(rng, tf, 0.02, 0.1, 0.6),
         head_scale=s0_ * (1 + _smooth_random(rng, tf, 0.04, 0.1, 0.5)),
-        arousal=float(arousal), valence=float(valence),
+        arousal=float(arousal), valence=float(valence), intonation=intonation, pitch_offset_st=offset_st,
     )
+
+
+def f0_from_intonation(intonation: np.ndarray, f0_mean: float, arousal: float, offset_st: float) -> np.ndarray:
+    """f0 (Hz) from an intonation contour (semitones, before the emotion's range scaling) and the
+    static pitch factors: the speaker's mean f0, the scaled arousal (level and range) and the clip offset."""
+    st = intonation * (1 + AROUSAL_RANGE * arousal) + AROUSAL_PITCH_ST * arousal + offset_st
+    return np.clip(f0_mean * 2 ** (st / 12), 60.0, 450.0)
 
 
 def formants(jaw: np.ndarray, lip: np.ndarray, vtl_scale: float) -> np.ndarray:
