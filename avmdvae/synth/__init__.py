@@ -9,6 +9,7 @@
 See docs/synthetic-corpus.md.
 """
 
+from avmdvae.synth.counterfactual import counterfactual_clip
 from avmdvae.synth.factors import AROUSAL_VALENCE, EMOTIONS, INTENSITY_SCALE, LEVELS, ClipSpec
 from avmdvae.synth.generate import (
     SynthClip,
@@ -19,7 +20,6 @@ from avmdvae.synth.generate import (
     make_clip,
     plan_clips,
 )
-from avmdvae.synth.counterfactual import counterfactual_clip
 
 __all__ = [
     "AROUSAL_VALENCE", "EMOTIONS", "INTENSITY_SCALE", "LEVELS", "ClipSpec", "SynthClip", "SynthOptions",
