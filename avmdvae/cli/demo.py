@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from avmdvae.cli.app import command, console, progress_bars
+from avmdvae.outputs import check_outputs
 
 
 @command("demo")
@@ -17,13 +18,15 @@ def demo(
                                "2 CPU cores) instead of loading the checkpoints shipped in models/demo/."),
     models: Path | None = typer.Option(None, "--models", help="Folder with vqvae-audio/, vqvae-visual/, "
                                        "mdvae/ runs (default: the shipped models/demo/)."),
-    workers: int = typer.Option(0, "--workers", help="Processes for synthesis and preprocessing (0: one per CPU)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="Processes for synthesis and preprocessing (0: one per CPU)."),
     small: bool = typer.Option(False, "--small", help="Fewer clips and swap pairs (a quick check, e.g. in tests)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Generate talking faces, resynthesise them and swap factors between two speakers, with a report."""
     from avmdvae.demo import SHIPPED, DemoOptions, run_demo
 
+    check_outputs({}, inputs=[models], folders={"OUT": out})
     opts = DemoOptions(out=out, train=train, models=models or SHIPPED, workers=workers)
     if small:
         opts.corpus.update(n_sentences=1, emotions=("neutral", "happy", "sad"))

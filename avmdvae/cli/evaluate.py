@@ -14,6 +14,7 @@ import typer
 
 from avmdvae.cli.app import command, console, err_console, progress_bars
 from avmdvae.errors import ConfigError
+from avmdvae.outputs import check_outputs
 
 TASKS_HELP = "Comma-separated tasks: resynth, emotion, disentangle, denoise (default: all)."
 NOISE_HELP = ("Corruption for the denoise task, MODALITY:KIND:VALUE (repeatable), e.g. audio:white:5, "
@@ -57,7 +58,7 @@ def evaluate(
                                               help="At most this many test clips for resynth / denoise."),
     swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per swapped latent."),
     gl_iters: int = typer.Option(32, "--gl-iters", min=1, help="Griffin-Lim iterations in resynth."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed of every draw (clip subsets, probes, swap pairs, noise)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -66,6 +67,7 @@ def evaluate(
     from avmdvae.evaluation.tasks import DEFAULT_NOISE, EvalOptions, Evaluator
 
     names = _tasks(tasks)
+    check_outputs({}, inputs=[run, corpus, dsae_audio, dsae_visual], folders={"-o": output})
     if noise:  # validate early: one line for a malformed spec, before any model is loaded
         from avmdvae.manipulation.noise import parse_noise
 

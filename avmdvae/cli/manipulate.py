@@ -1,4 +1,8 @@
-"""`avmdvae resynth | swap | interpolate | denoise`: thin layers over avmdvae.manipulation.ops."""
+"""`avmdvae resynth | swap | interpolate | denoise`: thin layers over avmdvae.manipulation.ops.
+
+Each command checks its options, its outputs (ops.check_paths) and the device before it loads the
+model, so that a mistake costs no waiting.
+"""
 
 from __future__ import annotations
 
@@ -25,32 +29,37 @@ OutOpt = typer.Option(..., "-o", "--output", help="Output video (.mp4).")
 PhaseOpt = typer.Option("griffin-lim", "--phase", help=PHASE_HELP)
 NativeOpt = typer.Option(False, "--native-size", help="Write the 64x64 faces as is (default: upscaled to 256).")
 SideOpt = typer.Option(False, "--side-by-side", help="Show the input face crop next to the result.")
-SheetOpt = typer.Option(None, "--sheet", help="Also write a PNG sheet of frames and spectrograms.")
-DeviceOpt = typer.Option("cpu", "--device", help="Torch device (cpu, cuda).")
-ItersOpt = typer.Option(64, "--gl-iters", help="Griffin-Lim iterations.")
+SheetOpt = typer.Option(
+    None, "--sheet", help="Also write a sheet of frames and spectrograms (PNG or JPEG, after the suffix)."
+)
+DeviceOpt = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, mps or auto.")
+ItersOpt = typer.Option(64, "--gl-iters", min=1, help="Griffin-Lim iterations.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress display.")
 ThreadsOpt = typer.Option(
-    None, "--threads", help="Torch CPU threads (default: torch's). 1 is faster on a busy machine (docs/benchmarks.md)."
+    None,
+    "--threads",
+    min=1,
+    help="Torch CPU threads (default: torch's). 1 is faster on a busy machine (docs/benchmarks.md).",
 )
 
 
 def _opts(phase: str, native: bool, side: bool, sheet: Path | None, gl_iters: int, seed: int = 0):  # noqa: ANN202
     from avmdvae.manipulation.ops import OutputOptions
 
-    o = OutputOptions(native_size=native, side_by_side=side, phase=phase, gl_iters=gl_iters, sheet=sheet, seed=seed)
-    o.check()
-    return o
+    return OutputOptions(native_size=native, side_by_side=side, phase=phase, gl_iters=gl_iters, sheet=sheet, seed=seed)
 
 
 def _load(model: Path, device: str, threads: int | None = None):  # noqa: ANN202
+    """The device (an absent one is a one-line error), then the model on it."""
     import torch
 
     from avmdvae.manipulation.model import AVModel
+    from avmdvae.training.distributed import pick_device
 
+    dev = pick_device(device)
     if threads is not None:
-        torch.set_num_threads(max(1, threads))
-
-    return AVModel.load(model, device=device)
+        torch.set_num_threads(threads)
+    return AVModel.load(model, device=dev)
 
 
 def _done(res) -> None:  # noqa: ANN001
@@ -79,6 +88,7 @@ def resynth(
     from avmdvae.manipulation import ops
 
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
+    ops.check_paths(output, [video, model], opts)
     m = _load(model, device, threads)
     with progress_bars(quiet) as p:
         res = ops.resynth(m, video, output, opts, p)
@@ -107,6 +117,7 @@ def swap(
 
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
+    ops.check_paths(output, [video_a, video_b, model], opts)
     m = _load(model, device, threads)
     with progress_bars(quiet) as p:
         res = ops.swap(m, video_a, video_b, factors, output, opts, length, p)
@@ -116,16 +127,18 @@ def swap(
 @command(
     "interpolate",
     help="Go from A to B in the named factors: a video (A at the start, B at the end) "
-    "and a grid PNG with one row per step.",
+    "and a grid image with one row per step.",
 )
 def interpolate(
     video_a: Path = typer.Argument(..., help="Video A (gives the timeline and the other factors)."),
     video_b: Path = typer.Argument(..., help="Video B."),
     factor: list[str] = typer.Option(["w"], "--factor", "-f", help=FACTOR_HELP),
-    steps: int = typer.Option(5, "--steps", "-k", help="Rows of the grid (A, K-2 intermediate steps, B)."),
+    steps: int = typer.Option(5, "--steps", "-k", min=2, help="Rows of the grid (A, K-2 intermediate steps, B)."),
     model: Path = ModelOpt,
     output: Path = OutOpt,
-    grid: Path | None = typer.Option(None, "--grid", help="Grid PNG (default: the output name with .png)."),
+    grid: Path | None = typer.Option(
+        None, "--grid", help="Grid image, PNG or JPEG after the suffix (default: the output name with .png)."
+    ),
     length: str = typer.Option("stretch", "--length", help=LENGTH_HELP),
     phase: str = PhaseOpt,
     native_size: bool = NativeOpt,
@@ -141,6 +154,7 @@ def interpolate(
 
     factors = check_factors(factor, length)
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters)
+    ops.check_paths(output, [video_a, video_b, model], opts, grid=ops.grid_path(output, grid))
     m = _load(model, device, threads)
     with progress_bars(quiet) as p:
         res = ops.interpolate(m, video_a, video_b, factors, steps, output, grid, opts, length, p)
@@ -166,6 +180,7 @@ def denoise(
     impute_iters: int = typer.Option(
         0,
         "--impute-iters",
+        min=0,
         help="With --drop: re-encode this many times with the dropped features replaced by their reconstruction.",
     ),
     metrics: Path | None = typer.Option(None, "--metrics", help="Write the metrics as JSON."),
@@ -185,6 +200,7 @@ def denoise(
     if add_noise:
         parse_noise(add_noise)  # fail before loading anything
     opts = _opts(phase, native_size, side_by_side, sheet, gl_iters, seed)
+    ops.check_paths(output, [video, model], opts, metrics=metrics)
     m = _load(model, device, threads)
     with progress_bars(quiet) as p:
         res = ops.denoise(m, video, output, add_noise, drop, opts, metrics, impute_iters, p)

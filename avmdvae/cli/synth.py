@@ -17,6 +17,7 @@ from rich.progress import (
 
 from avmdvae.cli.app import command, console
 from avmdvae.errors import ConfigError
+from avmdvae.outputs import check_outputs
 from avmdvae.synth.factors import EMOTIONS, LEVELS
 
 
@@ -55,6 +56,7 @@ def synth(
         raise ConfigError(f"--levels must be comma-separated integers among {LEVELS}, got {levels!r}") \
             from None
     opts = SynthOptions(speakers, sentences, tuple(emo), tuple(lv), seed, size)  # ConfigError if invalid
+    check_outputs({}, folders={"OUT": out})
     check_output(out, opts)  # CorpusError if OUT holds something else
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]synth[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -5,18 +5,21 @@
 `results` is the dict built by avmdvae.evaluation.tasks (keys "meta", "resynth", "emotion",
 "disentangle", "denoise", "skipped"; any task may be absent). NaN / inf become null in the JSON.
 Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, denoise_<modality>.png,
-resynth.png.
+resynth.png. The files are written all or none (avmdvae.outputs): a failure while writing any of them
+leaves no partial report, and an earlier report in the folder stays as it was.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avmdvae.atomic import atomic_path, write_json, write_text
+from avmdvae.outputs import all_or_nothing
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -248,11 +251,9 @@ def _md_denoise(dn: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path | None:
+def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path:
     plt = _plt()
     conds = [c for c in dn["conditions"] if c["modality"] == modality]
-    if not conds:
-        return None
     kinds = list(dict.fromkeys(c["kind"] for c in conds))
     metrics = DENOISE_METRICS[modality][:2]
     fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(4.2 * len(kinds), 3.2 * len(metrics)),
@@ -288,44 +289,42 @@ def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path | None:
 def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
     """Write report.json, report.md and the plots of the tasks present; returns the written paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     res = _clean(results)
-    written: list[Path] = []
+    plots: list[str] = []
     md = ["# avmdvae evaluation report\n"]
     meta = res.get("meta", {})
     if meta:
         md.append(_table(["", ""], [[k, f"`{v}`"] for k, v in meta.items()]))
     for task, reason in res.get("skipped", {}).items():
         md.append(f"**{task} skipped**: {reason}\n")
-    plots: list[str] = []
-    if "resynth" in res:
-        md.append(_md_resynth(res["resynth"]))
-        written.append(_plot_resynth(res["resynth"], out / "resynth.png"))
-        plots.append("resynth.png")
-    if "emotion" in res:
-        md.append(_md_emotion(res["emotion"]))
-        written.append(_plot_emotion(res["emotion"], out / "emotion_learning_curve.png"))
-        plots.append("emotion_learning_curve.png")
-    if "disentangle" in res:
-        md.append(_md_disentangle(res["disentangle"]))
-        written.append(_plot_matrix(res["disentangle"], out / "factor_matrix.png"))
-        plots.append("factor_matrix.png")
-        if "latents" in res["disentangle"].get("swap", {}):
-            written.append(_plot_swap(res["disentangle"], out / "swap_scores.png"))
-            plots.append("swap_scores.png")
-    if "denoise" in res:
-        md.append(_md_denoise(res["denoise"]))
-        for mod in ("audio", "visual"):
-            p = _plot_denoise(res["denoise"], mod, out / f"denoise_{mod}.png")
-            if p is not None:
-                written.append(p)
-                plots.append(p.name)
-    if plots:
-        md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
-    res["plots"] = plots
-    write_json(out / REPORT_JSON, res)
-    write_text(out / REPORT_MD, "\n".join(md))
-    return [out / REPORT_JSON, out / REPORT_MD, *written]
+    with all_or_nothing() as stage:
+
+        def plot(draw: Callable[..., Path], section: dict[str, Any], name: str, *args: Any) -> None:
+            draw(section, *args, stage(out / name))
+            plots.append(name)
+
+        if "resynth" in res:
+            md.append(_md_resynth(res["resynth"]))
+            plot(_plot_resynth, res["resynth"], "resynth.png")
+        if "emotion" in res:
+            md.append(_md_emotion(res["emotion"]))
+            plot(_plot_emotion, res["emotion"], "emotion_learning_curve.png")
+        if "disentangle" in res:
+            md.append(_md_disentangle(res["disentangle"]))
+            plot(_plot_matrix, res["disentangle"], "factor_matrix.png")
+            if "latents" in res["disentangle"].get("swap", {}):
+                plot(_plot_swap, res["disentangle"], "swap_scores.png")
+        if "denoise" in res:
+            md.append(_md_denoise(res["denoise"]))
+            for mod in ("audio", "visual"):
+                if any(c["modality"] == mod for c in res["denoise"]["conditions"]):
+                    plot(_plot_denoise, res["denoise"], f"denoise_{mod}.png", mod)
+        if plots:
+            md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
+        res["plots"] = plots
+        write_json(stage(out / REPORT_JSON), res)
+        write_text(stage(out / REPORT_MD), "\n".join(md))
+    return [out / REPORT_JSON, out / REPORT_MD, *(out / p for p in plots)]
 
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "write_report"]

@@ -10,6 +10,10 @@ Each reads video files, works on the latents and writes an mp4 (H.264 + AAC, ato
     denoise      (optionally corrupt the input, or drop a modality) -> encode -> decode, with
                  before/after metrics against the clean input
 
+Every output (the video, --sheet, --grid, --metrics) is checked before the work starts
+(`check_paths`: names and formats, not an input, writable) and they are written all or none
+(avmdvae.outputs).
+
 Audio: fast Griffin-Lim on the decoded power spectrogram, or with phase="source" the STFT phase of
 the input (A for swap/interpolate; the corrupted input for denoise, which is what a user has).
 """
@@ -29,9 +33,10 @@ from avmdvae import media
 from avmdvae.errors import ConfigError
 from avmdvae.manipulation import noise as noise_mod
 from avmdvae.manipulation.model import AVModel, Clip, Decoded, Progress, _noop, hstack_iter, upscale_iter
-from avmdvae.manipulation.sheets import SheetRow, write_sheet
+from avmdvae.manipulation.sheets import SheetRow, image_format, write_sheet
 from avmdvae.manipulation.swap import check_factors, combine
 from avmdvae.manipulation.swap import interpolate as interp_latents
+from avmdvae.outputs import all_or_nothing, check_outputs
 
 VIEW_SIZE = 256  # default output face size: 64 px x 4 (integer factor, still small files)
 PHASES = ("griffin-lim", "source")
@@ -44,7 +49,7 @@ class OutputOptions:
     side_by_side: bool = False  # input crop | result
     phase: str = "griffin-lim"  # or "source"
     gl_iters: int = 64
-    sheet: Path | None = None  # PNG contact sheet
+    sheet: Path | None = None  # contact sheet (.png or .jpg)
     seed: int = 0
 
     def check(self) -> None:
@@ -52,6 +57,10 @@ class OutputOptions:
             raise ConfigError(f"--phase {self.phase!r}: use griffin-lim or source")
         if self.view_size < 16:
             raise ConfigError(f"--view-size {self.view_size} is too small (>= 16)")
+        if self.gl_iters < 1:
+            raise ConfigError(f"--gl-iters {self.gl_iters}: give at least 1 Griffin-Lim iteration")
+        if self.sheet is not None:
+            image_format(self.sheet)
 
 
 @dataclass
@@ -70,6 +79,28 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     if p.exists() and p.is_dir():
         raise ConfigError(f"output {p} is a folder: give a file name ending in .mp4")
     return p
+
+
+def grid_path(output: str | os.PathLike[str], grid: str | os.PathLike[str] | None) -> Path:
+    """interpolate's grid image: `grid`, or the output's name with .png."""
+    return Path(grid) if grid is not None else Path(output).with_suffix(".png")
+
+
+def check_paths(
+    output: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    opts: OutputOptions,
+    grid: str | os.PathLike[str] | None = None,
+    metrics: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Check every output of a command before its work: names and formats, none of them an input or
+    another output, all writable (ConfigError, one line). Returns the video's path."""
+    out = check_output(output)
+    opts.check()
+    if grid is not None:
+        image_format(grid, "--grid")
+    check_outputs({"-o": out, "--sheet": opts.sheet, "--grid": grid, "--metrics": metrics}, inputs=inputs)
+    return out
 
 
 def write_video(
@@ -109,11 +140,12 @@ def _write_outputs(
 ) -> Result:
     """Decoded media of `clip` -> audio (Griffin-Lim or clip's phase), mp4, and the optional sheet."""
     wave = _audio(model, dec, opts, clip.audio, progress)
-    write_video(out, dec.faces, wave, model.fps, opts, left=clip.faces)
     res = Result(out, clip.n_frames, clip.seconds)
-    if opts.sheet is not None:
-        write_sheet(opts.sheet, [*input_rows, SheetRow(label, dec.faces, dec.power)])
-        res.extra_outputs.append(Path(opts.sheet))
+    with all_or_nothing() as stage:
+        write_video(stage(out), dec.faces, wave, model.fps, opts, left=clip.faces)
+        if opts.sheet is not None:
+            write_sheet(stage(opts.sheet), [*input_rows, SheetRow(label, dec.faces, dec.power)])
+            res.extra_outputs.append(Path(opts.sheet))
     return res
 
 
@@ -125,8 +157,7 @@ def resynth(
     progress: Progress = _noop,
 ) -> Result:
     opts = opts or OutputOptions()
-    opts.check()
-    out = check_output(output)
+    out = check_paths(output, [video], opts)
     clip = model.read(video, progress)
     dec = model.decode(model.encode(clip, progress=progress), progress)
     return _write_outputs(model, clip, dec, out, opts, [SheetRow("input", clip.faces, clip.power)],
@@ -145,10 +176,9 @@ def swap(
 ) -> Result:
     """A's video with `factors` (subset of w, zav, za, zv) taken from B; A's length (swap.py)."""
     opts = opts or OutputOptions()
-    opts.check()
     if not factors:
         raise ConfigError("name at least one --factor to take from B (w, zav, za, zv)")
-    out = check_output(output)
+    out = check_paths(output, [video_a, video_b], opts)
     factors = check_factors(factors, length)  # before the slow work
     clip_a = model.read(video_a, progress)
     clip_b = model.read(video_b, progress)
@@ -174,13 +204,12 @@ def interpolate(
 ) -> Result:
     """Video: alpha goes linearly from 0 (A) at the first frame to 1 (B) at the last; grid: K rows."""
     opts = opts or OutputOptions()
-    opts.check()
     if steps < 2:
         raise ConfigError(f"--steps {steps}: need at least 2 (A and B)")
     if not factors:
         raise ConfigError("name at least one --factor to interpolate (w, zav, za, zv)")
-    out = check_output(output)
-    grid_path = Path(grid) if grid is not None else out.with_suffix(".png")
+    grid_out = grid_path(output, grid)
+    out = check_paths(output, [video_a, video_b], opts, grid=grid_out)
     factors = check_factors(factors, length)
     clip_a = model.read(video_a, progress)
     clip_b = model.read(video_b, progress)
@@ -189,7 +218,6 @@ def interpolate(
     alpha = torch.linspace(0, 1, n) if n > 1 else torch.zeros(1)
     dec = model.decode(interp_latents(la, lb, factors, alpha, length), progress)
     wave = _audio(model, dec, opts, clip_a.audio, progress)
-    write_video(out, dec.faces, wave, model.fps, opts, left=clip_a.faces)
     rows = []
     for k in range(steps):
         a = k / (steps - 1)
@@ -202,18 +230,20 @@ def interpolate(
             )
         )
         progress("grid", k + 1, steps)
-    write_sheet(grid_path, rows)
-    res = Result(out, n, clip_a.seconds, extra_outputs=[grid_path])
-    if opts.sheet is not None:
-        write_sheet(
-            opts.sheet,
-            [
-                SheetRow("A (input)", clip_a.faces, clip_a.power),
-                SheetRow("B (input)", clip_b.faces, clip_b.power),
-                SheetRow("A -> B over time", dec.faces, dec.power),
-            ],
-        )
-        res.extra_outputs.append(Path(opts.sheet))
+    res = Result(out, n, clip_a.seconds, extra_outputs=[grid_out])
+    with all_or_nothing() as stage:
+        write_video(stage(out), dec.faces, wave, model.fps, opts, left=clip_a.faces)
+        write_sheet(stage(grid_out), rows)
+        if opts.sheet is not None:
+            write_sheet(
+                stage(opts.sheet),
+                [
+                    SheetRow("A (input)", clip_a.faces, clip_a.power),
+                    SheetRow("B (input)", clip_b.faces, clip_b.power),
+                    SheetRow("A -> B over time", dec.faces, dec.power),
+                ],
+            )
+            res.extra_outputs.append(Path(opts.sheet))
     return res
 
 
@@ -276,8 +306,7 @@ def denoise(
     from avmdvae.atomic import write_json
 
     opts = opts or OutputOptions()
-    opts.check()
-    out = check_output(output)
+    out = check_paths(output, [video], opts, metrics=metrics_path)
     spec = noise_mod.parse_noise(add_noise) if add_noise else None
     if drop is not None and drop not in ("audio", "visual"):
         raise ConfigError(f"--drop {drop!r}: use audio or visual")
@@ -286,7 +315,6 @@ def denoise(
     lat = model.encode(noisy, drop=drop, impute_iters=impute_iters, progress=progress)  # type: ignore[arg-type]
     dec = model.decode(lat, progress)
     wave = _audio(model, dec, opts, noisy.audio, progress)
-    write_video(out, dec.faces, wave, model.fps, opts, left=noisy.faces)
     metrics: dict[str, Any] = {}
     judged = {m for m in (spec.modality if spec else None, drop) if m}
     if spec is not None or drop is not None:
@@ -304,14 +332,16 @@ def denoise(
         metrics["corruption"] = str(spec) if spec else None
         metrics["drop"] = drop
     res = Result(out, clean.n_frames, clean.seconds, metrics=metrics)
-    if metrics_path is not None:
-        write_json(metrics_path, metrics)
-        res.extra_outputs.append(Path(metrics_path))
-    if opts.sheet is not None:
-        rows = [SheetRow("clean input", clean.faces, clean.power)]
-        if spec is not None:
-            rows.append(SheetRow(f"corrupted ({spec})", noisy.faces, noisy.power))
-        rows.append(SheetRow("reconstruction" + (f" ({drop} dropped)" if drop else ""), dec.faces, dec.power))
-        write_sheet(opts.sheet, rows)
-        res.extra_outputs.append(Path(opts.sheet))
+    with all_or_nothing() as stage:
+        write_video(stage(out), dec.faces, wave, model.fps, opts, left=noisy.faces)
+        if metrics_path is not None:
+            write_json(stage(metrics_path), metrics)
+            res.extra_outputs.append(Path(metrics_path))
+        if opts.sheet is not None:
+            rows = [SheetRow("clean input", clean.faces, clean.power)]
+            if spec is not None:
+                rows.append(SheetRow(f"corrupted ({spec})", noisy.faces, noisy.power))
+            rows.append(SheetRow("reconstruction" + (f" ({drop} dropped)" if drop else ""), dec.faces, dec.power))
+            write_sheet(stage(opts.sheet), rows)
+            res.extra_outputs.append(Path(opts.sheet))
     return res

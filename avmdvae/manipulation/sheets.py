@@ -1,4 +1,5 @@
-"""PNG contact sheets: rows of face frames, each with its spectrogram underneath.
+"""Contact sheets (PNG or JPEG, after the file name's suffix): rows of face frames, each with its
+spectrogram underneath.
 
 One row per clip (input, reconstruction, swap, or one interpolation step): `n_frames` frames evenly
 spaced over the clip, upscaled to `face_px`, and below them the log-power spectrogram of the whole
@@ -16,11 +17,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avmdvae.atomic import atomic_path
+from avmdvae.errors import ConfigError
 
 DYN_RANGE_DB = 80.0  # colour range of the spectrograms (dB below the maximum)
 LABEL_H = 16  # pixels above each row for its label
 SPEC_H = 96  # spectrogram height in pixels (513 bins resampled)
 PAD = 4  # pixels between rows / around the sheet
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # suffix -> PIL format
 
 
 @dataclass
@@ -93,10 +96,19 @@ def render_sheet(rows: Sequence[SheetRow], n_frames: int = 8, face_px: int = 96)
     return np.pad(sheet, ((PAD, 0), (PAD, PAD), (0, 0)), constant_values=255)
 
 
+def image_format(path: str | os.PathLike[str], option: str = "--sheet") -> str:
+    """The PIL format that the suffix of `path` names (PNG or JPEG); ConfigError for any other."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ConfigError(f"{option} {path}: name an image ending in .png, .jpg or .jpeg")
+    return IMAGE_FORMATS[suffix]
+
+
 def write_sheet(
     path: str | os.PathLike[str], rows: Sequence[SheetRow], n_frames: int = 8, face_px: int = 96
 ) -> None:
-    """Render `rows` and save as PNG, atomically."""
+    """Render `rows` and save as PNG or JPEG after the suffix of `path` (`image_format`), atomically."""
+    fmt = image_format(path)
     img = Image.fromarray(render_sheet(rows, n_frames, face_px))
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
