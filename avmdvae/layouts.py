@@ -60,6 +60,11 @@ RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitt
 
 MEAD_LEVEL = re.compile(r"^level_(\d+)$")
 MEAD_AUDIO_SUFFIXES = (".m4a", ".wav", ".aac", ".mp3", ".flac")
+# MEAD-style names outside the MEAD tree (--layout folder): a path part that starts with the speaker
+# code (M001, W011...), an emotion word and a level_N anywhere in the path.
+MEAD_SPEAKER = re.compile(r"^([MW]\d{3})(?=$|[_\-. ])")
+MEAD_NAME_LEVEL = re.compile(r"level_?(\d+)", re.IGNORECASE)
+MEAD_EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 
 
 @dataclass
@@ -91,7 +96,8 @@ class Discovery:
     clips: list[SourceClip] = field(default_factory=list)
     skipped: list[SkippedSource] = field(default_factory=list)
     split_rule: str = ""
-    notes: list[str] = field(default_factory=list)  # warnings for the user (unmatched labels...)
+    notes: list[str] = field(default_factory=list)  # facts for the user (unmatched labels...)
+    warnings: list[str] = field(default_factory=list)  # problems the user should fix (mixed splits...)
 
 
 # ---------------------------------------------------------------------------------------- clip ids
@@ -100,10 +106,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_id(text: str) -> str:
-    """A filesystem-safe id: [A-Za-z0-9._-], no leading dot, at most MAX_ID_LEN characters."""
+    """A filesystem-safe id: [A-Za-z0-9._-], no leading dot, at most MAX_ID_LEN characters.
+
+    The id depends on `text` alone (never on other names), so it is stable across runs. Names with
+    non-ASCII characters, which the replacement by '_' would merge ('café', 'cafè' -> 'caf'), and
+    over-long names get a short hash of the full text.
+    """
     s = _UNSAFE.sub("_", text).strip("_")
     s = s.lstrip(".") or "clip"
-    if len(s) > MAX_ID_LEN:
+    if len(s) > MAX_ID_LEN or not text.isascii():
         s = s[: MAX_ID_LEN - 9] + "-" + _hash(text)[:8]
     return s
 
@@ -293,6 +304,25 @@ def _norm_key(p: str) -> str:
     return Path(p.replace("\\", "/")).as_posix()
 
 
+def labels_from_name(rel: Path) -> dict[str, object]:
+    """Labels that a RAVDESS file name or a MEAD-style path (M001/..., W011_happy_level_1_004.mp4)
+    carries: {"speaker", "emotion", "intensity"[, "sentence"]}; {} when the name has none."""
+    try:
+        lab = parse_ravdess_name(rel.name)
+    except ValueError:
+        pass
+    else:
+        return {k: lab[k] for k in ("speaker", "emotion", "intensity", "sentence")}
+    parts = rel.with_suffix("").parts
+    speaker = next((m.group(1) for part in parts if (m := MEAD_SPEAKER.match(part))), None)
+    if speaker is None:
+        return {}
+    words = set(re.split(r"[_\-. ]", "_".join(parts).lower()))
+    level = MEAD_NAME_LEVEL.search("_".join(parts))
+    return {"speaker": speaker, "emotion": next((e for e in MEAD_EMOTIONS if e in words), None),
+            "intensity": int(level.group(1)) if level else None}
+
+
 def discover_folder(root: Path, labels_csv: Path | None = None) -> Discovery:
     d = Discovery("folder", root)
     videos = _walk_videos(root)
@@ -305,8 +335,10 @@ def discover_folder(root: Path, labels_csv: Path | None = None) -> Discovery:
     for v in videos:
         rel = v.relative_to(root)
         speaker = rel.parts[0] if len(rel.parts) > 1 else UNKNOWN_SPEAKER
-        d.clips.append(SourceClip(safe_id("__".join(rel.with_suffix("").parts)), v, safe_id(speaker),
-                                  truth=truth_sidecar(v)))
+        c = SourceClip(safe_id("__".join(rel.with_suffix("").parts)), v, safe_id(speaker),
+                       truth=truth_sidecar(v))
+        _apply_labels(c, {k: "" if x is None else str(x) for k, x in labels_from_name(rel).items()})
+        d.clips.append(c)
     make_unique(d.clips)
     if labels:
         used = set()
@@ -325,7 +357,13 @@ def discover_folder(root: Path, labels_csv: Path | None = None) -> Discovery:
             d.notes.append(f"{unmatched} row(s) of {labels_csv} match no video under {root}")
         unlabeled = len(d.clips) - len(used)
         if unlabeled:
-            d.notes.append(f"{unlabeled} video(s) have no row in {labels_csv}; their speaker is their folder")
+            d.notes.append(f"{unlabeled} video(s) have no row in {labels_csv}; their speaker is their folder "
+                           "(or the one their MEAD/RAVDESS-style name gives)")
+    n_unknown = sum(c.speaker == UNKNOWN_SPEAKER for c in d.clips)
+    if 0 < n_unknown < len(d.clips):
+        d.warnings.append(f"{n_unknown} video(s) have no speaker (directly in {root}, no labels row, no "
+                          f"MEAD/RAVDESS-style name): they count as one speaker {UNKNOWN_SPEAKER!r}, so the "
+                          "splits are not truly speaker-disjoint; give a labels CSV with a speaker column")
     return d
 
 
@@ -364,7 +402,7 @@ def detect_layout(path: Path) -> str:
 def discover(path: str | os.PathLike[str], layout: str = "auto", labels: str | os.PathLike[str] | None = None,
              val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION) -> Discovery:
     """Find the clips under `path` in the given layout and assign speaker-disjoint splits."""
-    p = Path(path)
+    p = Path(path).absolute()  # sources are recorded absolute: valid from any working folder
     if layout not in LAYOUTS:
         raise AvmdvaeError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if not p.exists():
@@ -391,6 +429,11 @@ def discover(path: str | os.PathLike[str], layout: str = "auto", labels: str | o
     make_unique(d.clips)
     d.clips.sort(key=lambda c: c.clip_id)
     d.split_rule = assign_splits(d.clips, val_fraction, test_fraction)
+    n_speakers = len({c.speaker for c in d.clips})
+    if layout != "file" and n_speakers < MIN_DISJOINT_SPEAKERS:
+        d.warnings.append(f"only {n_speakers} speaker(s) found, so the splits are not speaker-disjoint "
+                          "(validation and test share speakers with train); put each speaker's videos in "
+                          "a sub-folder or give a labels CSV with a speaker column")
     return d
 
 
@@ -413,12 +456,15 @@ def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int
     return (1, 0) if n == 2 else (0, 0)
 
 
+MIN_DISJOINT_SPEAKERS = 3  # train, validation and test each need a speaker of their own
+
+
 def assign_splits(clips: Iterable[SourceClip], val_fraction: float = VAL_FRACTION,
                   test_fraction: float = TEST_FRACTION) -> str:
     """Set `split` of every clip (in place); returns a one-line description of the rule used."""
     clips = list(clips)
     speakers = sorted({c.speaker for c in clips})
-    if len(speakers) >= 3:
+    if len(speakers) >= MIN_DISJOINT_SPEAKERS:
         order = sorted(speakers, key=lambda s: (_hash(s), s))
         n_val, n_test = _counts(len(order), val_fraction, test_fraction)
         split_of = {s: "test" for s in order[:n_test]}

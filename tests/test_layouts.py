@@ -142,7 +142,7 @@ def test_single_file_and_errors(tmp_path):
 def test_ids_safe_and_unique(tmp_path):
     assert safe_id("a/b c?d.mp4") == "a_b_c_d.mp4"
     assert safe_id("..hidden") == "hidden"
-    assert safe_id("日本") == "clip"
+    assert safe_id("日本").startswith("clip-")
     long = safe_id("x" * 300)
     assert len(long) <= 120
     root = tmp_path / "v"
@@ -184,3 +184,50 @@ def test_splits_fallback_with_few_speakers():
     many = _clips([("a", 15), ("b", 5)])
     rule = assign_splits(many)
     assert "only 2 speaker(s)" in rule and "16 train / 2 validation / 2 test clips" in rule
+
+
+def test_non_ascii_names_get_distinct_stable_ids(tmp_path):
+    a = _touch(tmp_path / "one" / "café.mp4")
+    b = _touch(tmp_path / "one" / "cafè.mp4")
+    ids = {c.video.name: c.clip_id for c in discover(tmp_path / "one").clips}
+    assert len(set(ids.values())) == 2 and all(i.startswith("caf") for i in ids.values())
+    # an id does not depend on which other files are present
+    alone = tmp_path / "two"
+    _touch(alone / a.name)
+    assert discover(alone).clips[0].clip_id == ids[a.name]
+    assert discover(b).clips[0].clip_id == ids[b.name]
+    assert safe_id("日本") != safe_id("中国") and safe_id("日本").startswith("clip-")
+
+
+def test_folder_layout_reads_ravdess_and_mead_names(tmp_path):
+    root = tmp_path / "flat"
+    _touch(root / "03-01-06-01-02-01-12.mp4")  # no sub-folder: actor 12, fearful, from the name
+    _touch(root / "01-01-03-02-01-02-07.mp4")
+    _touch(root / "dump" / "M003" / "angry" / "level_2" / "001.mp4")
+    _touch(root / "W011_happy_level_1_004.mp4")
+    d = discover(root, "folder")
+    by = {c.video.name if c.video.parent == root else c.video.relative_to(root).as_posix(): c
+          for c in d.clips}
+    r = by["03-01-06-01-02-01-12.mp4"]
+    assert (r.speaker, r.emotion, r.intensity) == ("Actor_12", "fearful", 1)
+    assert by["01-01-03-02-01-02-07.mp4"].speaker == "Actor_07"
+    m = by["dump/M003/angry/level_2/001.mp4"]
+    assert (m.speaker, m.emotion, m.intensity) == ("M003", "angry", 2)
+    w = by["W011_happy_level_1_004.mp4"]
+    assert (w.speaker, w.emotion, w.intensity) == ("W011", "happy", 1)
+    assert d.split_rule.startswith("speaker-disjoint") and not d.warnings
+
+
+def test_folder_layout_warns_when_splits_cannot_be_speaker_disjoint(tmp_path):
+    root = tmp_path / "flat"
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        _touch(root / name)
+    d = discover(root, "folder")
+    assert {c.speaker for c in d.clips} == {"unknown"}
+    assert any("not speaker-disjoint" in w and "speaker" in w for w in d.warnings), d.warnings
+    root2 = tmp_path / "mixed"
+    for spk in ("s1", "s2", "s3"):
+        _touch(root2 / spk / "x.mp4")
+    _touch(root2 / "loose.mp4")
+    d2 = discover(root2, "folder")
+    assert any("1 video(s) have no speaker" in w for w in d2.warnings), d2.warnings
