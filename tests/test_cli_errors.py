@@ -340,7 +340,7 @@ def test_negative_counts_are_refused(videos: tuple[Path, Path], tmp_path: Path, 
     _one_line_error([*_args("denoise", *videos, tmp_path / "o.mp4"), "--impute-iters", "-1"], "--impute-iters")
     with pytest.raises(ConfigError, match="gl-iters"):
         ops.OutputOptions(gl_iters=0).check()
-    for key in ("max_steps_per_epoch", "max_val_batches", "checkpoint_every", "kl_warmup_steps"):
+    for key in ("max_steps_per_epoch", "max_val_batches", "checkpoint_every", "weight_decay", "beta"):
         with pytest.raises(ConfigError, match=key):
             resolve("vqvae", "audio", overrides=[f"train.{key}=-1"])
 

@@ -1,18 +1,24 @@
 """The Typer application and the `command` decorator every sub-command uses.
 
 `command` turns an `AvmdvaeError` raised anywhere below a command into one red line on stderr and
-exit code 2, with no traceback. Any other exception is a bug and keeps its traceback.
+exit code 2, with no traceback, and a warning into one yellow `note:` line. Any other exception is a
+bug and keeps its traceback.
+
+Importing this module (and every command module) stays light: the commands import the library
+(torch, numpy...) in their bodies, so that `--help` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from avmdvae.errors import AvmdvaeError
@@ -35,16 +41,24 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _note(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any) -> None:
+    """warnings.showwarning for the commands: the message alone, on one line."""
+    text = " ".join(str(message).split())
+    err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def user_errors(fn: F) -> F:
-    """Print `AvmdvaeError`s as one line and exit 2 instead of showing a traceback."""
+    """Print `AvmdvaeError`s as one line and exit 2 instead of showing a traceback; warnings as notes."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         keep_freed_memory()  # every command is heavy tensor work: reuse freed memory (see runtime.py)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _note
+                return fn(*args, **kwargs)
         except AvmdvaeError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: outputs written so far are complete; re-run to resume.")

@@ -24,6 +24,8 @@ of the training corpus (computed once from up to STATS_FRAMES frames of the run'
 next to the run as feature_mean.npz; zeros when that corpus is not available), w and the z's are
 inferred from the other modality, and both modalities are decoded from the latents. With
 `impute_iters > 0` the dropped features are then replaced by their decoded value and the clip is
+import warnings
+import zipfile
 re-encoded, that many times.
 """
 
@@ -284,10 +286,13 @@ class AVModel:
             run_dir = self.run.checkpoint.parent
             cache = run_dir / FEATURE_MEAN_FILE
             if cache.is_file():
-                with np.load(cache) as z:
-                    if str(z["sha256"]) == self.run.sha256:
-                        self._feature_mean = {"audio": z["audio"], "visual": z["visual"]}
-                        return self._feature_mean
+                try:
+                    with np.load(cache) as z:
+                        if str(z["sha256"]) == self.run.sha256:
+                            self._feature_mean = {"audio": z["audio"], "visual": z["visual"]}
+                            return self._feature_mean
+                except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # damaged: recompute
+                    warnings.warn(f"{cache} is damaged ({type(e).__name__}); recomputing it", stacklevel=2)
         means = self._corpus_feature_mean()
         if means is None:
             self._feature_mean = zeros

@@ -71,6 +71,19 @@ def checkpoint_path(run: str | Path, which: str = "best") -> Path:
     raise ConfigError(f"{run} has no checkpoint (best.pt / last.pt): train it first or check the path")
 
 
+# Paragraphs of torch.load's weights_only error that are advice rather than the reason (the advice is
+# to load the file unsafely, which a user should not do with a file they cannot read safely).
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue", "In PyTorch 2.6")
+
+
+def _load_error(e: Exception) -> str:
+    """The whole reason torch.load gave, on one line, without torch's advice."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    reasons = [ln.removeprefix("WeightsUnpickler error: ") for ln in lines if not ln.startswith(_TORCH_ADVICE)]
+    text = " ".join(reasons or lines)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load(weights_only=True) with format checks; problems are one-line ConfigErrors."""
     path = Path(path)
@@ -79,8 +92,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} not found: check the run directory") from None
     except Exception as e:  # unpickling errors come in many types
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        why = next((ln for ln in lines if ln.startswith("WeightsUnpickler")), lines[0])[:160]
+        why = _load_error(e)
         raise ConfigError(
             f"cannot read checkpoint {path} ({why}): it is not an avmdvae checkpoint or is damaged"
         ) from None
@@ -163,19 +175,23 @@ class LoadedRun:
 
 
     def _stage1_checkpoint(self, ref: dict[str, Any]) -> Path:
-        """Where the stage-1 checkpoint is now: its recorded path, or, when the runs were moved
-        together (e.g. the shipped models/demo/), the sibling run folder of the same name. The sha256
-        check in `stage1_models` makes sure it is the same file either way."""
-        recorded = Path(ref["checkpoint"])
-        if recorded.exists():
-            return recorded
-        sibling = self.checkpoint.parent.parent / Path(ref["run"]).name / recorded.name
-        if sibling.exists():
-            return sibling
-        raise ConfigError(
-            f"stage-1 checkpoint {recorded} of {self.checkpoint} not found (nor {sibling}): "
-            "keep stage-1 and stage-2 run folders side by side"
-        )
+        return stage1_checkpoint(self.checkpoint, ref)
+
+
+def stage1_checkpoint(checkpoint: Path, ref: dict[str, Any]) -> Path:
+    """Where the stage-1 checkpoint `ref` of stage-2 `checkpoint` is now: its recorded path, or, when
+    the runs were moved together (e.g. the shipped models/demo/), the sibling run folder of the same
+    name. Comparing its sha256 with ref["sha256"] makes sure it is the same file either way."""
+    recorded = Path(ref["checkpoint"])
+    if recorded.exists():
+        return recorded
+    sibling = checkpoint.parent.parent / Path(ref["run"]).name / recorded.name
+    if sibling.exists():
+        return sibling
+    raise ConfigError(
+        f"stage-1 checkpoint {recorded} of {checkpoint} not found (nor {sibling}): "
+        "keep stage-1 and stage-2 run folders side by side"
+    )
 
 
 def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
@@ -208,7 +224,7 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+        detail = "; ".join(lines[1:] or lines) or "mismatch"
         raise ConfigError(
-            f"checkpoint {where} does not fit the model config ({detail[:200]}): use the matching config"
+            f"checkpoint {where} does not fit the model config ({detail}): use the matching config"
         ) from None

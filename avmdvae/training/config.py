@@ -79,19 +79,24 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset(
 
 
 def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:
+def check_kind(kind: str, modality: str | None) -> None:
+    """The model kind and the `--modality` option (vqvae and dsae: audio or visual; mdvae: none)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    if kind != "mdvae" and modality not in MODALITIES:
+        raise ConfigError(f"--modality {modality!r}: use audio or visual")
+
+
     """The model section's defaults: the fields of the model's dims dataclass."""
     from avmdvae.models import config as mc
 
     if kind == "vqvae":
+    check_kind(kind, modality)
         dims = mc.VisualVQVAEDims() if modality == "visual" else mc.AudioVQVAEDims()
     elif kind == "mdvae":
         dims = mc.MDVAEDims()
-    elif kind == "dsae":
-        if modality not in MODALITIES:
-            raise ConfigError(f"unknown modality {modality!r}: use audio or visual")
-        dims = mc.DSAEDims.for_modality(modality)
     else:
-        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+        dims = mc.DSAEDims.for_modality(modality)
     return _plain(asdict(dims))
 
 
@@ -183,13 +188,18 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (yaml.safe_load); a missing or malformed file is a ConfigError."""
+    """Read a YAML config file (yaml.safe_load); a missing, unreadable or malformed file is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file (see models/*.yaml)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (line {line}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
@@ -213,6 +223,7 @@ def resolve(
     they must then agree with the command.
     """
     config = copy.deepcopy(base) if base is not None else defaults(kind, modality)
+    check_kind(kind, modality)
     if config_path is not None:
         data = load_yaml(config_path)
         for key, expected in (("kind", kind), ("modality", modality)):
@@ -245,6 +256,11 @@ def validate(config: dict[str, Any]) -> None:
         (t["num_workers"] >= 0, "train.num_workers must be >= 0"),
         (config["data"]["window_hop"] >= 1, "data.window_hop must be >= 1"),
     ]
+        (t["weight_decay"] >= 0, "train.weight_decay must be >= 0"),
+        (t["max_steps_per_epoch"] >= 0, "train.max_steps_per_epoch must be >= 0 (0 = no cap)"),
+        (t["max_val_batches"] >= 0, "train.max_val_batches must be >= 0 (0 = no cap)"),
+        (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = at epoch ends only)"),
+        (t["beta"] >= 0, "train.beta must be >= 0"),
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{message} (check the config file and --set overrides)")
