@@ -24,8 +24,6 @@ of the training corpus (computed once from up to STATS_FRAMES frames of the run'
 next to the run as feature_mean.npz; zeros when that corpus is not available), w and the z's are
 inferred from the other modality, and both modalities are decoded from the latents. With
 `impute_iters > 0` the dropped features are then replaced by their decoded value and the clip is
-import warnings
-import zipfile
 re-encoded, that many times.
 """
 
@@ -33,6 +31,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path

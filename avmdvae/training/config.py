@@ -78,7 +78,6 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset(
 )
 
 
-def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:
 def check_kind(kind: str, modality: str | None) -> None:
     """The model kind and the `--modality` option (vqvae and dsae: audio or visual; mdvae: none)."""
     if kind not in KINDS:
@@ -87,11 +86,12 @@ def check_kind(kind: str, modality: str | None) -> None:
         raise ConfigError(f"--modality {modality!r}: use audio or visual")
 
 
+def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:
     """The model section's defaults: the fields of the model's dims dataclass."""
     from avmdvae.models import config as mc
 
-    if kind == "vqvae":
     check_kind(kind, modality)
+    if kind == "vqvae":
         dims = mc.VisualVQVAEDims() if modality == "visual" else mc.AudioVQVAEDims()
     elif kind == "mdvae":
         dims = mc.MDVAEDims()
@@ -194,12 +194,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found: pass an existing YAML file (see models/*.yaml)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise ConfigError(f"config file {path} is not UTF-8 text (line {line}): save it as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
@@ -222,8 +222,8 @@ def resolve(
     A YAML file may carry top-level `kind:`/`modality:` keys (documentation of what it is for);
     they must then agree with the command.
     """
-    config = copy.deepcopy(base) if base is not None else defaults(kind, modality)
     check_kind(kind, modality)
+    config = copy.deepcopy(base) if base is not None else defaults(kind, modality)
     if config_path is not None:
         data = load_yaml(config_path)
         for key, expected in (("kind", kind), ("modality", modality)):
@@ -254,13 +254,13 @@ def validate(config: dict[str, Any]) -> None:
         (len(t["betas"]) == 2, "train.betas must be two numbers, e.g. [0.9, 0.999]"),
         (t["log_every"] >= 1, "train.log_every must be >= 1"),
         (t["num_workers"] >= 0, "train.num_workers must be >= 0"),
-        (config["data"]["window_hop"] >= 1, "data.window_hop must be >= 1"),
-    ]
         (t["weight_decay"] >= 0, "train.weight_decay must be >= 0"),
         (t["max_steps_per_epoch"] >= 0, "train.max_steps_per_epoch must be >= 0 (0 = no cap)"),
         (t["max_val_batches"] >= 0, "train.max_val_batches must be >= 0 (0 = no cap)"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = at epoch ends only)"),
         (t["beta"] >= 0, "train.beta must be >= 0"),
+        (config["data"]["window_hop"] >= 1, "data.window_hop must be >= 1"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{message} (check the config file and --set overrides)")
