@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ from avmdvae.training.config import apply_overrides, defaults, resolve
 from avmdvae.training.distributed import DistInfo, GlobalBatchSampler, epoch_permutation
 from avmdvae.training.features import feature_dir
 from avmdvae.training.loop import RunOptions, TrainSettings, lr_at, train
+from avmdvae.training.progress import Reporter
 from avmdvae.training.tasks import DSAETask, MDVAETask, VQVAETask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +266,7 @@ def test_mid_epoch_kill_and_resume_matches_uninterrupted_mdvae(corpus, stage1, t
 # ------------------------------------------------------------------------------- stage 2, features
 def test_feature_cache_is_computed_once_and_resumable(corpus, stage1, tmp_path):
     task = DSAETask(corpus, "audio", stage1["audio"], tiny_config("dsae", "audio"))
-    task.prepare_features(torch.device("cpu"), DistInfo(), progress=False)
+    task.prepare_features(torch.device("cpu"), DistInfo())
     d = feature_dir(corpus, task.stage1["audio"]["sha256"])
     files = sorted(d.glob("*.audio.npy"))
     assert len(files) == 9  # every clip, test split included (for later evaluation)
@@ -274,7 +277,7 @@ def test_feature_cache_is_computed_once_and_resumable(corpus, stage1, tmp_path):
     np.testing.assert_allclose(np.load(files[0]), expected, rtol=1e-5, atol=1e-5)
     mtimes = {f: f.stat().st_mtime_ns for f in files}
     files[3].unlink()
-    task.prepare_features(torch.device("cpu"), DistInfo(), progress=False)
+    task.prepare_features(torch.device("cpu"), DistInfo())
     assert files[3].is_file()
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items() if f != files[3])  # others reused
     batch = task.train_dataset()[[0, 1, 2]]
@@ -563,3 +566,123 @@ def test_two_process_gloo_run_agrees_with_single_process(corpus, stage1, tmp_pat
         for k in a["model"]:
             if k.endswith(ema):
                 torch.testing.assert_close(a["model"][k], b["model"][k], atol=0.05, rtol=0.01)
+
+
+# ------------------------------------------------------------------ following a run (issue 17)
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "avmdvae", *args], env=env, text=True, timeout=300, **kw)
+
+
+def _vq_args(corpus: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "vqvae", "--modality", "visual", str(corpus), "-o", str(run), "--config",
+            str(TINY / "vqvae-visual.yaml"), "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_the_training_library_does_not_import_the_cli(corpus, tmp_path):
+    """Training with progress and a resume note, through the library only, never loads avmdvae.cli."""
+    code = (
+        "import sys; from avmdvae.training.config import resolve; "
+        "from avmdvae.training.loop import RunOptions, train; from avmdvae.training.tasks import VQVAETask; "
+        f"cfg = resolve('vqvae', 'visual', {str(TINY / 'vqvae-visual.yaml')!r}, "
+        "['train.epochs=1', 'train.max_steps_per_epoch=2']); "
+        f"train(VQVAETask({str(corpus)!r}, 'visual', cfg), {str(tmp_path / 'run')!r}, "
+        "RunOptions(device='cpu', resume=True, tensorboard=False)); "
+        "print(sorted(m for m in sys.modules if m.startswith('avmdvae.cli')))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "no checkpoint yet" in out.stderr and "step 2/2" in out.stdout
+    pkg = REPO / "avmdvae"
+    library = [p for p in pkg.rglob("*.py") if "cli" not in p.relative_to(pkg).parts and p.name != "__main__.py"]
+    imports = re.compile(r"^\s*(from avmdvae\.cli|import avmdvae\.cli|from avmdvae import cli)", re.M)
+    assert [p.name for p in library if imports.search(p.read_text())] == []
+
+
+def test_progress_goes_to_a_file_as_complete_labelled_lines(corpus, tmp_path):
+    """stdout redirected (nohup, cluster logs): plain complete lines with every figure labelled."""
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as f:
+        p = _cli(*_vq_args(corpus, tmp_path / "run", "--set", "train.log_every=2"), stdout=f, stderr=subprocess.PIPE)
+    assert p.returncode == 0, p.stderr
+    lines = log_path.read_text().splitlines()
+    steps = [ln for ln in lines if ln.startswith("step ")]
+    total = ck.load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    assert len(steps) >= total // 2  # one line every log_every=2 steps, none lost to a live display
+    first = steps[0]
+    assert first.startswith(f"step 2/{total} ") and "epoch 1/2" in first
+    for label in ("loss ", "rec (face MSE) ", "face PSNR ", " dB", "codebook usage ", "%", "commitment ",
+                  "lr ", "frames/s ", "ETA "):
+        assert label in first, (label, first)
+    assert all(len(ln) > 80 for ln in steps) and "…" not in "".join(lines)  # not cut at 80 columns
+    val = [ln for ln in lines if ln.startswith("validation ")]
+    assert len(val) == 2 and "face PSNR" in val[0] and "epoch 1/2" in val[0]
+    assert lines.index(val[0]) < lines.index(steps[-1])  # printed as it happens, not at the end
+    logged = train_lines(tmp_path / "run", "val")[0]
+    assert logged["psnr_db"] == pytest.approx(10 * np.log10(1 / logged["rec"]))
+
+
+def test_max_steps_stops_cleanly_validated_saved_and_resumable(corpus, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    r = runner.invoke(app, _vq_args(corpus, run, "--max-steps", "3", "-q"))
+    assert r.exit_code == 0, r.output
+    assert "stopped at step 3 (--max-steps reached)" in r.output and "--resume" in r.output
+    last, best = ck.load_checkpoint(run / "last.pt"), ck.load_checkpoint(run / "best.pt")
+    assert last["step"] == 3 and best["step"] == 3 and last["metrics"]["val"]  # validated: usable
+    resume = r.output.split("continue with: ")[1].split()
+    assert resume[:3] == ["avmdvae", "train", "vqvae"] and resume[-2:] == ["--device", "cpu"]
+    r = runner.invoke(app, [*resume[1:], "-q"])
+    assert r.exit_code == 0, r.output
+    total = ck.load_checkpoint(run / "last.pt")["step"]
+    assert "done" in r.output and total > 3
+    # the time limit stops the same way (0 s: after the first step)
+    res = train(VQVAETask(corpus, "visual", tiny_config("vqvae", "visual")), tmp_path / "t",
+                RunOptions(device="cpu", progress=False, tensorboard=False, time_limit=0))
+    assert res.stopped == "time-limit" and res.step == 1
+    r = runner.invoke(app, _vq_args(corpus, tmp_path / "x", "--time-limit", "ten minutes"))
+    assert r.exit_code == 2 and "--time-limit" in r.output
+
+
+def test_warmups_longer_than_the_run_warn_and_the_kl_ramp_is_sized_from_the_run(corpus, stage1, tmp_path):
+    r = CliRunner().invoke(app, _vq_args(corpus, tmp_path / "vq", "-q", "--set", "train.warmup_steps=1000"))
+    assert r.exit_code == 0, r.output
+    assert "warm-up (train.warmup_steps=1000) is as long as the whole run" in " ".join(r.output.split())
+    cfg = tiny_config("mdvae", None, "train.kl_warmup_steps=-1")
+    assert defaults("mdvae")["train"]["kl_warmup_steps"] == -1  # the default: sized from the run
+    res = train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "md", QUIET)
+    stored = ck.load_checkpoint(tmp_path / "md" / "last.pt")["config"]["train"]["kl_warmup_steps"]
+    assert stored == round(0.2 * res.step)
+    notes = []
+
+    class Keep(Reporter):  # a reporter that keeps the notes
+        def note(self, message: str) -> None:
+            notes.append(message)
+
+    cfg = tiny_config("mdvae", None, "train.kl_warmup_steps=1000")
+    train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "md2",
+          RunOptions(device="cpu", tensorboard=False, reporter=Keep()))
+    assert any("KL warm-up (train.kl_warmup_steps=1000) is longer than the whole run" in n for n in notes)
+
+
+def test_sigterm_saves_the_step_says_where_and_how_to_resume(corpus, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _vq_args(corpus, run, "--epochs", "200", "--set", "train.log_every=1")
+    proc = subprocess.Popen([sys.executable, "-m", "avmdvae", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 3/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    step = int(err.split("after step ")[1].split(":")[0])
+    assert f"{run / 'last.pt'} holds that step" in " ".join(err.split())
+    assert "--resume" in err and ck.load_checkpoint(run / "last.pt")["step"] == step >= 3

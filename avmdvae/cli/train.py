@@ -9,23 +9,158 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from avmdvae.cli.app import command, console, train_app
+from avmdvae.cli.app import command, console, err_console, train_app
+from avmdvae.cli.manipulate import ThreadsOpt
 from avmdvae.cli.preprocess import info_handler
-from avmdvae.training import checkpoint as ck
+from avmdvae.errors import ConfigError
 from avmdvae.training.config import resolve, to_yaml
-from avmdvae.training.loop import METRICS_FILE, RunOptions, RunResult, train
-from avmdvae.training.tasks import DSAETask, MDVAETask, VQVAETask
+from avmdvae.training.progress import PlainReporter, Reporter, Snapshot, format_metrics
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where used: `--help` must not wait for torch
+    from avmdvae.training.loop import RunResult, Task
 
 CONFIG_HELP = "YAML config (see models/*.yaml); defaults are the paper's reference sizes."
 SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 --set model.n_codes=256 (repeatable)."
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda or mps."
 BF16_HELP = "bf16 autocast (CUDA or CPU); same as --set train.precision=bf16."
 RESUME_HELP = "Continue the run in -o from its last checkpoint (ends where an uninterrupted run ends)."
+MAX_STEPS_HELP = (
+    "Stop once the run reaches this step (counted from its start): validate, save, and say how to go on."
+)
+TIME_LIMIT_HELP = "Stop after this much training time, e.g. 90m, 2h, 1h30m, 3600 (s): validate, save, say so."
+EXIT_SIGTERM, EXIT_SIGINT = 143, 130  # 128 + signal number, as a shell reports a job ended by it
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str) -> float:
+    """'90m' -> 5400.0, '1h30m', '2h', '45s', '3600' (seconds); anything else is a ConfigError."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise ConfigError(f"--time-limit {text!r}: give a duration like 90m, 2h, 1h30m or 3600 (seconds)")
+    h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    return 3600 * h + 60 * mins + secs
+
+
+class _Notes(Reporter):
+    """-q: no progress, but notes (warnings, where the checkpoint is) still reach stderr."""
+
+    def note(self, message: str) -> None:
+        err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class _RichReporter(_Notes):
+    """On a terminal: one bar over the run's steps with the latest labelled metrics, a line per
+    validation, a transient bar per stage-1 feature cache."""
+
+    def __init__(self) -> None:
+        self.bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.run_bar: Any = None
+        self.feature_bars: dict[str, Any] = {}
+
+    def begin(self, start_step: int, end_step: int, per_epoch: int, epochs: int) -> None:
+        self.run_bar = self.bars.add_task("training", total=end_step, completed=start_step, info="")
+        self.bars.start()
+
+    def features(self, name: str, done: int, total: int) -> None:
+        if name not in self.feature_bars:
+            self.feature_bars[name] = self.bars.add_task(name, total=total, info="clips")
+            self.bars.start()
+        self.bars.update(self.feature_bars[name], completed=done)
+        if done == total:
+            self.bars.remove_task(self.feature_bars.pop(name))
+
+    def train(self, snap: Snapshot) -> None:
+        self.bars.update(
+            self.run_bar,
+            completed=snap.step,
+            description=f"epoch {snap.epoch}/{snap.epochs}",
+            info=format_metrics(snap.metrics, snap.kind, snap.modality),
+        )
+
+    def validation(self, snap: Snapshot, best: bool) -> None:
+        self.bars.console.print(
+            f"validation at step {snap.step}, epoch {snap.epoch}/{snap.epochs}: "
+            f"{format_metrics(snap.metrics, snap.kind, snap.modality)}" + (" (best so far)" if best else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def end(self) -> None:
+        self.bars.stop()
+
+
+def _reporter(quiet: bool) -> Reporter:
+    """Rich display on a terminal; plain complete lines, flushed, when output goes to a file or pipe."""
+    if quiet:
+        return _Notes()
+    if console.is_terminal:
+        return _RichReporter()
+    return PlainReporter()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Before and after the loop's own handling (start-up, feature cache), SIGTERM ends the command
+    like Ctrl-C: one line, no traceback."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(
+    make_task: Any,
+    output: Path,
+    device: str,
+    resume: bool,
+    quiet: bool,
+    max_steps: int | None,
+    time_limit: str | None,
+    threads: int | None,
+    resume_args: list[str],
+) -> None:
+    """Build the task, train it, and report how the run ended (exit 143 / 130 after SIGTERM / Ctrl-C)."""
+    limit = parse_duration(time_limit) if time_limit is not None else None
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps {max_steps}: give a positive number of steps")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    from avmdvae.training.loop import RunOptions, train
+
+    with _sigterm_as_interrupt():
+        task: Task = make_task()
+        options = RunOptions(
+            device=device, resume=resume, reporter=_reporter(quiet), max_steps=max_steps, time_limit=limit
+        )
+        result = train(task, output, options)
+    _finish(result, shlex.join(["avmdvae", "train", *resume_args, "-o", str(output), "--resume"]
+                               + (["--device", device] if device != "auto" else [])))
 
 
 def _overrides(
@@ -44,23 +179,45 @@ def _config(
     kind: str, modality: str | None, output: Path, config: Path | None, overrides: list[str], resume: bool
 ) -> dict[str, Any]:
     """On --resume the stored config is the base, so that `--resume` alone continues the same run."""
+    from avmdvae.outputs import check_outputs
+    from avmdvae.training import checkpoint as ck
+
+    check_outputs({}, folders={"-o": output})
     base = None
     if resume and (output / ck.LAST).is_file():
         base = ck.load_checkpoint(output / ck.LAST)["config"]
     return resolve(kind, modality, config, overrides, base=base)
 
 
-def _finish(result: RunResult) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return
-    val = result.last_val
-    console.print(
-        f"[green]done[/]: {result.epochs} epochs, {result.step} steps; best validation loss "
-        f"{result.best_val:.5g}; last {', '.join(f'{k}={v:.4g}' for k, v in val.items())}; "
-        f"run in {result.run_dir}",
-        highlight=False,
-        soft_wrap=True,
-    )
+def _finish(result: RunResult, resume_command: str) -> None:
+    from avmdvae.training.checkpoint import LAST
+    from avmdvae.training.loop import STOP_MAX_STEPS, STOP_SIGINT, STOP_SIGTERM, STOP_TIME_LIMIT
+
+    last = result.run_dir / LAST
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        if result.stopped is None:
+            console.print(
+                f"[green]done[/]: {result.epochs} epochs, {result.step} steps; best validation loss "
+                f"{result.best_val:.5g}; run in {result.run_dir}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif result.stopped in (STOP_MAX_STEPS, STOP_TIME_LIMIT):
+            console.print(
+                f"[yellow]stopped[/] at step {result.step} (--{result.stopped} reached), validated and "
+                f"saved in {last}; continue with: {resume_command}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            err_console.print(
+                f"[yellow]stopped by {result.stopped}[/] after step {result.step}: {last} holds that step; "
+                f"resume with: {resume_command}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if result.stopped in (STOP_SIGTERM, STOP_SIGINT):
+        raise typer.Exit(EXIT_SIGTERM if result.stopped == STOP_SIGTERM else EXIT_SIGINT)
 
 
 Corpus = typer.Argument(..., help="Preprocessed corpus folder (avmdvae preprocess).", show_default=False)
@@ -75,17 +232,24 @@ def train_vqvae(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    epochs: int | None = typer.Option(None, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Same as --set train.epochs=N."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size."),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Same as --set train.seed=N."),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help=MAX_STEPS_HELP),
+    time_limit: str | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    threads: int | None = ThreadsOpt,
 ) -> None:
     """Stage 1: train the VQ-VAE of one modality on single frames."""
+    from avmdvae.training.tasks import VQVAETask
+
     cfg = _config("vqvae", modality, output, config, _overrides(sets, epochs, batch_size, seed, bf16), resume)
-    task = VQVAETask(corpus, modality, cfg)
-    _finish(train(task, output, RunOptions(device=device, resume=resume, progress=not quiet)))
+    _run(
+        lambda: VQVAETask(corpus, modality, cfg), output, device, resume, quiet, max_steps, time_limit, threads,
+        ["vqvae", str(corpus), "--modality", modality],
+    )
 
 
 @command("mdvae", typer_app=train_app)
@@ -97,17 +261,25 @@ def train_mdvae(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    epochs: int | None = typer.Option(None, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Same as --set train.epochs=N."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size."),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Same as --set train.seed=N."),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help=MAX_STEPS_HELP),
+    time_limit: str | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    threads: int | None = ThreadsOpt,
 ) -> None:
     """Stage 2: train the MDVAE on the cached continuous features of both stage-1 VQ-VAEs."""
+    from avmdvae.training.tasks import MDVAETask
+
     cfg = _config("mdvae", None, output, config, _overrides(sets, epochs, batch_size, seed, bf16), resume)
-    task = MDVAETask(corpus, audio_vqvae, visual_vqvae, cfg)
-    _finish(train(task, output, RunOptions(device=device, resume=resume, progress=not quiet)))
+    _run(
+        lambda: MDVAETask(corpus, audio_vqvae, visual_vqvae, cfg), output, device, resume, quiet, max_steps,
+        time_limit, threads,
+        ["mdvae", str(corpus), "--audio-vqvae", str(audio_vqvae), "--visual-vqvae", str(visual_vqvae)],
+    )
 
 
 @command("dsae", typer_app=train_app)
@@ -119,22 +291,32 @@ def train_dsae(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    epochs: int | None = typer.Option(None, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Same as --set train.epochs=N."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size."),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Same as --set train.seed=N."),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help=MAX_STEPS_HELP),
+    time_limit: str | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    threads: int | None = ThreadsOpt,
 ) -> None:
     """Baseline: train the unimodal VQ-DSAE of one modality on its VQ-VAE's cached features."""
+    from avmdvae.training.tasks import DSAETask
+
     cfg = _config("dsae", modality, output, config, _overrides(sets, epochs, batch_size, seed, bf16), resume)
-    task = DSAETask(corpus, modality, vqvae, cfg)
-    _finish(train(task, output, RunOptions(device=device, resume=resume, progress=not quiet)))
+    _run(
+        lambda: DSAETask(corpus, modality, vqvae, cfg), output, device, resume, quiet, max_steps, time_limit,
+        threads, ["dsae", str(corpus), "--modality", modality, "--vqvae", str(vqvae)],
+    )
 
 
 # ------------------------------------------------------------------------------------ info RUN
 def run_summary(path: str | Path) -> str:
     """What `avmdvae info RUN` prints: model, progress, corpus, stage-1 hashes, metrics, config."""
+    from avmdvae.training import checkpoint as ck
+    from avmdvae.training.loop import METRICS_FILE
+
     path = Path(path)
     lines: list[str] = [f"run {path}"]
     state = None
@@ -142,7 +324,8 @@ def run_summary(path: str | Path) -> str:
         p = path / name
         if p.is_file():
             st = ck.load_checkpoint(p)
-            state = state or st
+            if state is None:
+                state, state_path = st, p
             lines.append(
                 f"  {name}: epoch {st['epoch']}, step {st['step']}, sha256 {ck.sha256_file(p)[:16]}"
                 + (
@@ -156,7 +339,7 @@ def run_summary(path: str | Path) -> str:
     lines.append(f"  corpus: {state['corpus']['path']}")
     lines.append("    params: " + ", ".join(f"{k}={v}" for k, v in state["corpus"]["params"].items()))
     for m, ref in state.get("stage1", {}).items():
-        lines.append(f"  stage-1 {m}: {ref['checkpoint']} (sha256 {ref['sha256']})")
+        lines.append(f"  stage-1 {m}: {ref['checkpoint']} (sha256 {ref['sha256']}){_stage1_status(state_path, ref)}")
     for split in ("train", "val"):
         metrics = state["metrics"].get(split) or {}
         if metrics:
@@ -171,6 +354,19 @@ def run_summary(path: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _stage1_status(checkpoint: Path, ref: dict[str, Any]) -> str:
+    """'' when the stage-1 checkpoint is where it was trained and unchanged; else what is wrong."""
+    from avmdvae.training import checkpoint as ck
+
+    try:
+        found = ck.stage1_checkpoint(checkpoint, ref)
+    except ConfigError:
+        return " -- NOT FOUND (nor in a sibling run folder): this run cannot be used until it is back"
+    if ck.sha256_file(found) != ref["sha256"]:
+        return f" -- CHANGED or damaged since training ({found} has another sha256): use the original run"
+    return "" if found == Path(ref["checkpoint"]) else f" (found at {found})"
+
+
 def print_run_info(path: str | Path) -> None:
     console.print(run_summary(path), highlight=False, markup=False, soft_wrap=True)
 
@@ -178,6 +374,8 @@ def print_run_info(path: str | Path) -> None:
 @info_handler
 def _info_run(path: Path) -> bool:
     """`avmdvae info RUN` (a run directory, or one of its .pt checkpoints)."""
+    from avmdvae.training import checkpoint as ck
+
     if path.is_file() and path.suffix == ".pt" and ck.is_run_dir(path.parent):
         path = path.parent
     if not ck.is_run_dir(path):

@@ -50,9 +50,10 @@ class TrainSettings:
     num_workers: int = 0
     log_every: int = 20  # steps between train-metric lines in metrics.jsonl
     checkpoint_every: int = 0  # steps between mid-epoch `last.pt` saves (0 = at epoch ends only)
-    # Stage 2 only: ELBO = recon - beta * KL, beta ramped linearly from 0 over kl_warmup_steps.
+    # Stage 2 only: ELBO = recon - beta * KL, beta ramped linearly from 0 over kl_warmup_steps;
+    # -1: over a fifth of the run's steps (training.loop.KL_WARMUP_FRACTION, stored once known); 0: none.
     beta: float = 1.0
-    kl_warmup_steps: int = 0
+    kl_warmup_steps: int = -1
 
 
 @dataclass
@@ -253,6 +254,7 @@ def validate(config: dict[str, Any]) -> None:
         (t["precision"] in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (len(t["betas"]) == 2, "train.betas must be two numbers, e.g. [0.9, 0.999]"),
         (t["log_every"] >= 1, "train.log_every must be >= 1"),
+        (t["kl_warmup_steps"] >= -1, "train.kl_warmup_steps must be >= 0 (or -1: a fifth of the run)"),
         (t["num_workers"] >= 0, "train.num_workers must be >= 0"),
         (t["weight_decay"] >= 0, "train.weight_decay must be >= 0"),
         (t["max_steps_per_epoch"] >= 0, "train.max_steps_per_epoch must be >= 0 (0 = no cap)"),

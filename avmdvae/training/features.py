@@ -15,7 +15,7 @@ T frames through memory maps (`FeatureWindows`), never loading the cache.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ HASH_CHARS = 16  # 64 bits of the sha256: no accidental collisions between a use
 ENCODE_CHUNK = 512
 # Open memory maps per dataset (see corpus.MEMMAP_CACHE_SIZE: file descriptors are limited).
 MEMMAP_CACHE_SIZE = 256
+
+FeatureProgress = Callable[[str, int, int], None]  # (what, clips done, clips to do)
 
 
 def feature_dir(corpus_root: str | Path, stage1_sha256: str) -> Path:
@@ -65,11 +67,12 @@ def compute_features(
     clips: Sequence[ClipRecord] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    progress: bool = False,
+    progress: FeatureProgress | None = None,
 ) -> Path:
     """Encode every clip (of `clips`, default all) with `vqvae.feature` into the cache; returns its folder.
 
     Clips already cached with the right shape are skipped. fp32, eval mode (no codebook updates).
+    `progress(name, clips done, clips to do)` is called on rank 0 as clips are encoded.
     """
     out = feature_dir(corpus.root, stage1_sha256)
     dim = int(vqvae.feature_dim)
@@ -83,28 +86,18 @@ def compute_features(
         return out
     was_training = vqvae.training
     vqvae.eval()
-    bar = None
-    if progress and rank == 0:
-        from rich.progress import Progress
-
-        from avmdvae.cli.app import console
-
-        bar = Progress(console=console, transient=True)
-        bar.start()
-        task = bar.add_task(f"{modality} features", total=len(todo))
+    report = progress if progress is not None and rank == 0 else None
     try:
-        for clip in todo:
+        for done, clip in enumerate(todo, 1):
             arr = corpus.spec(clip.clip_id) if modality == "audio" else corpus.faces(clip.clip_id)
             feats = np.empty((clip.n_frames, dim), dtype=np.float32)
             for i in range(0, clip.n_frames, ENCODE_CHUNK):
                 x = torch.from_numpy(np.array(arr[i : i + ENCODE_CHUNK])).to(device)
                 feats[i : i + len(x)] = vqvae.feature(x).float().cpu().numpy()
             save_npy(feature_file(out, clip.clip_id, modality), feats)
-            if bar is not None:
-                bar.advance(task)
+            if report is not None:
+                report(f"{modality} features", done, len(todo))
     finally:
-        if bar is not None:
-            bar.stop()
         vqvae.train(was_training)
     return out
 

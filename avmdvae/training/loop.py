@@ -4,7 +4,9 @@ A `Task` (avmdvae.training.tasks) supplies what differs between kinds: the model
 validation datasets, how a batch goes to the device, and the loss. Everything else is here, in one
 readable function (nanoGPT-style): device and precision, DDP, deterministic data order, LR
 schedule, gradient clipping, validation every epoch, atomic best/last checkpoints, exact resume,
-metrics (JSONL, TensorBoard when installed) and a rich progress display.
+metrics (JSONL, TensorBoard when installed), progress through a `Reporter` (avmdvae.training.progress),
+a budget (`max_steps`, `time_limit`) and a clean stop on SIGTERM / Ctrl-C (the state after the last
+finished step is saved, and the run says so).
 
 Resume contract: data order is a function of (seed, epoch) only; the optimizer, GradScaler, torch
 RNG state, global step and position inside the epoch are saved, and validation runs under a forked
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import avmdvae
+from avmdvae import domain
 from avmdvae.atomic import write_text
 from avmdvae.errors import ConfigError
 from avmdvae.runtime import keep_freed_memory
@@ -43,11 +47,18 @@ from avmdvae.training.distributed import (
     init_distributed,
     steps_per_epoch,
 )
+from avmdvae.training.progress import PlainReporter, Reporter, Snapshot
 
 METRICS_FILE = "metrics.jsonl"
 # Validation draws its noise (MDVAE sampling, ...) from its own fixed seed, so that it is
 # reproducible and leaves the training RNG stream untouched (needed for exact resume).
 _VAL_SEED_OFFSET = 7919
+# train.kl_warmup_steps = -1 (the default): the KL weight ramps over this share of the run's steps.
+KL_WARMUP_FRACTION = 0.2
+# Why a run stopped before its last epoch (RunResult.stopped).
+STOP_MAX_STEPS, STOP_TIME_LIMIT, STOP_SIGTERM, STOP_SIGINT = "max-steps", "time-limit", "SIGTERM", "SIGINT"
+_SIGNAL_STOPS = {signal.SIGTERM: STOP_SIGTERM, signal.SIGINT: STOP_SIGINT}
+_STOPS = (STOP_SIGTERM, STOP_SIGINT, STOP_MAX_STEPS, STOP_TIME_LIMIT)  # first one wins
 
 
 class Task(Protocol):
@@ -85,8 +96,11 @@ class Task(Protocol):
 class RunOptions:
     device: str = "auto"
     resume: bool = False
-    progress: bool = True  # rich progress display (rank 0)
+    progress: bool = True  # without a reporter: print progress lines (PlainReporter) or nothing
     tensorboard: bool = True  # write RUN/tb when tensorboard is installed
+    reporter: Reporter | None = None  # where progress goes (rank 0); see avmdvae.training.progress
+    max_steps: int | None = None  # stop once the run reaches this global step (validated, saved)
+    time_limit: float | None = None  # stop after this many seconds of training (validated, saved)
 
 
 @dataclass
@@ -97,6 +111,7 @@ class RunResult:
     best_val: float
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None  # None: all epochs done; else STOP_MAX_STEPS, STOP_TIME_LIMIT, STOP_SIG*
 
 
 class _Objective(nn.Module):
@@ -194,29 +209,6 @@ class _MetricsLog:
             self.tb.close()
 
 
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from avmdvae.cli.app import console
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
-
-
-def _fmt(metrics: dict[str, float], keys: Iterable[str] | None = None) -> str:
-    keys = list(keys) if keys is not None else list(metrics)
-    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
-
-
 def _loader(ds: Dataset, sampler: Any, workers: int, device: torch.device, seed: int) -> DataLoader:
     # An explicit generator keeps the DataLoader from drawing on the global torch RNG.
     g = torch.Generator()
@@ -277,6 +269,9 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
     s = train_settings(config)
     dist_info, device = init_distributed(options.device)
     main = dist_info.is_main
+    reporter = options.reporter or (PlainReporter() if options.progress else Reporter())
+    if not main:
+        reporter = Reporter()
     keep_freed_memory()
     if s.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs CUDA: use bf16 (--bf16) or fp32 on CPU/MPS")
@@ -291,14 +286,12 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
             )
         resume_state = ck.load_checkpoint(last_path, map_location="cpu")
         _check_resumable(resume_state, task, run_dir)
-    elif options.resume and main:
-        from avmdvae.cli.app import err_console
-
-        err_console.print(f"[yellow]note:[/] {run_dir} has no checkpoint yet; starting from scratch")
+    elif options.resume:
+        reporter.note(f"{run_dir} has no checkpoint yet; starting from scratch")
 
     prepare = getattr(task, "prepare_features", None)
     if prepare is not None:  # stage 2: stage-1 features of the corpus, computed once and cached
-        prepare(device, dist_info, options.progress and main)
+        prepare(device, dist_info, reporter.features)
 
     # ---- model, optimiser, precision
     torch.manual_seed(s.seed)  # same initial weights on every rank
@@ -348,6 +341,12 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
         )
     per_epoch = steps_per_epoch(n_train, s.batch_size, s.max_steps_per_epoch)
     total_steps = per_epoch * s.epochs
+    if options.max_steps is not None and step >= options.max_steps:
+        raise ConfigError(
+            f"{run_dir} is already at step {step}, past --max-steps {options.max_steps}: give a larger --max-steps"
+        )
+    end_step = min(total_steps, options.max_steps) if options.max_steps is not None else total_steps
+    _warmups(task, s, end_step, resume_state is None, reporter)
 
     # ---- outputs (rank 0 only)
     log = _MetricsLog(run_dir, main, options.tensorboard)
@@ -375,99 +374,192 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
             "step": step,
             "best_val": best_val,
             "metrics": {"train": train_means, "val": val},
+            domain.DOMAIN_KEY: domain_ref,
             "versions": {"torch": str(torch.__version__), "avmdvae": str(avmdvae.__version__)},
         }
 
-    progress = _progress(options.progress and main)
-    if progress is not None:
-        progress.start()
-    last_val: dict[str, float] = resume_state["metrics"]["val"] if resume_state else {}
-    train_means: dict[str, float] = {}
-    try:
-        while epoch < s.epochs:
-            sampler = GlobalBatchSampler(
-                n_train, s.batch_size, s.seed, epoch, dist_info, s.max_steps_per_epoch, skip=step_in_epoch
-            )
-            loader = _loader(train_ds, sampler, s.num_workers, device, s.seed * 1_000_003 + epoch)
-            bar = (
-                progress.add_task(
-                    f"epoch {epoch + 1}/{s.epochs}", total=per_epoch, completed=step_in_epoch, info=""
-                )
-                if progress is not None
-                else None
-            )
-            epoch_avg, window_avg = _Averager(), _Averager()
-            t_window, frames_window = time.perf_counter(), 0
-            for batch in loader:
-                lr = lr_at(step, total_steps, s)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = task.to_device(batch, device)
-                with autocast_context(device, s.precision):
-                    loss, metrics = objective(batch, step)
-                if not torch.isfinite(loss):
-                    raise ConfigError(
-                        f"loss became {loss.item()} at step {step}: lower train.lr, raise train.warmup_steps "
-                        "or use fp32"
-                    )
-                scaler.scale(loss).backward()
-                grad_norm = None
-                if s.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                step_in_epoch += 1
-
-                n = task.frames(batch)
-                frames_window += n * dist_info.world_size
-                extra = {"lr": lr, **({"grad_norm": grad_norm} if grad_norm is not None else {})}
-                epoch_avg.add({"loss": loss, **metrics}, n)
-                window_avg.add({"loss": loss, **metrics, **extra}, n)
-                if step % s.log_every == 0 or step_in_epoch == per_epoch:
-                    means = window_avg.means()
-                    means["frames_per_s"] = frames_window / max(time.perf_counter() - t_window, 1e-9)
-                    log.write("train", step, epoch, means)
-                    if bar is not None:
-                        progress.update(bar, info=_fmt(means, _display_keys(means)))
-                    window_avg, t_window, frames_window = _Averager(), time.perf_counter(), 0
-                if bar is not None:
-                    progress.advance(bar)
-                if s.checkpoint_every > 0 and step % s.checkpoint_every == 0 and step_in_epoch < per_epoch:
-                    if main:
-                        ck.save_checkpoint(last_path, state(last_val, epoch_avg.means()))
-
-            # ---- end of epoch: validate on the held-out split, then checkpoint
-            train_means = epoch_avg.means()
-            last_val = evaluate(task, model, val_ds, s, dist_info, device, step)
-            epoch += 1
-            step_in_epoch = 0
-            log.write("val", step, epoch, last_val)
-            improved = last_val["loss"] < best_val
+    def validate_and_save(train_means: dict[str, float]) -> tuple[dict[str, float], bool]:
+        """Validation (with the domain reference of a stage-1 model), then last.pt and maybe best.pt."""
+        nonlocal best_val, domain_ref
+        val = _with_psnr(task, evaluate(task, model, val_ds, s, dist_info, device, step))
+        log.write("val", step, epoch, val)
+        improved = val["loss"] < best_val
+        if improved:
+            best_val = val["loss"]
+        if main:
+            if task.kind == "vqvae":
+                domain_ref = _domain_reference(task, model, val_ds)
+            st = state(val, train_means)
+            ck.save_checkpoint(last_path, st)
             if improved:
-                best_val = last_val["loss"]
-            if main:
-                st = state(last_val, train_means)
-                ck.save_checkpoint(last_path, st)
-                if improved:
-                    ck.save_checkpoint(run_dir / ck.BEST, st)
-                if progress is not None:
-                    progress.update(bar, info=f"val {_fmt(last_val, _display_keys(last_val))}")
-            barrier()
+                ck.save_checkpoint(run_dir / ck.BEST, st)
+        return val, improved
+
+    def snapshot(metrics: dict[str, float], shown_epoch: int) -> Snapshot:
+        elapsed = time.monotonic() - t_start
+        done = step - start_step
+        eta = elapsed / done * (end_step - step) if done > 0 else None
+        return Snapshot(task.kind, task.modality, step, end_step, shown_epoch, s.epochs, metrics, elapsed, eta)
+
+    last_val: dict[str, float] = resume_state["metrics"]["val"] if resume_state else {}
+    domain_ref: dict[str, Any] = resume_state.get(domain.DOMAIN_KEY, {}) if resume_state else {}
+    train_means: dict[str, float] = {}
+    start_step, t_start = step, time.monotonic()
+    stopped: str | None = None
+    reporter.begin(step, end_step, per_epoch, s.epochs)
+    try:
+        with _StopRequests(options, dist_info, device) as stop:
+            while epoch < s.epochs and stopped is None:
+                sampler = GlobalBatchSampler(
+                    n_train, s.batch_size, s.seed, epoch, dist_info, s.max_steps_per_epoch, skip=step_in_epoch
+                )
+                loader = _loader(train_ds, sampler, s.num_workers, device, s.seed * 1_000_003 + epoch)
+                epoch_avg, window_avg = _Averager(), _Averager()
+                t_window, frames_window = time.perf_counter(), 0
+                for batch in loader:
+                    lr = lr_at(step, total_steps, s)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = task.to_device(batch, device)
+                    with autocast_context(device, s.precision):
+                        loss, metrics = objective(batch, step)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(
+                            f"loss became {loss.item()} at step {step}: lower train.lr, raise "
+                            "train.warmup_steps or use fp32"
+                        )
+                    scaler.scale(loss).backward()
+                    grad_norm = None
+                    if s.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    step_in_epoch += 1
+
+                    n = task.frames(batch)
+                    frames_window += n * dist_info.world_size
+                    extra = {"lr": lr, **({"grad_norm": grad_norm} if grad_norm is not None else {})}
+                    epoch_avg.add({"loss": loss, **metrics}, n)
+                    window_avg.add({"loss": loss, **metrics, **extra}, n)
+                    if step % s.log_every == 0 or step_in_epoch == per_epoch:
+                        means = _with_psnr(task, window_avg.means())
+                        means["frames_per_s"] = frames_window / max(time.perf_counter() - t_window, 1e-9)
+                        log.write("train", step, epoch, means)
+                        reporter.train(snapshot(means, epoch + 1))
+                        window_avg, t_window, frames_window = _Averager(), time.perf_counter(), 0
+                    stopped = stop.reason(step, time.monotonic() - t_start)
+                    if stopped is not None:
+                        break
+                    if s.checkpoint_every > 0 and step % s.checkpoint_every == 0 and step_in_epoch < per_epoch:
+                        if main:
+                            ck.save_checkpoint(last_path, state(last_val, epoch_avg.means()))
+
+                train_means = _with_psnr(task, epoch_avg.means())
+                if step_in_epoch == per_epoch:  # ---- end of epoch: validate, then checkpoint
+                    epoch += 1
+                    step_in_epoch = 0
+                    last_val, improved = validate_and_save(train_means)
+                    reporter.validation(snapshot(last_val, epoch), improved)
+                elif stopped in (STOP_MAX_STEPS, STOP_TIME_LIMIT):  # a budget: validated and usable
+                    last_val, improved = validate_and_save(train_means)
+                    reporter.validation(snapshot(last_val, epoch + 1), improved)
+                elif stopped is not None and main:  # a signal: save at once (a kill may follow)
+                    ck.save_checkpoint(last_path, state(last_val, train_means))
+                barrier()
     finally:
-        if progress is not None:
-            progress.stop()
+        reporter.end()
         log.close()
-    return RunResult(run_dir, epoch, step, best_val, last_val, train_means)
+    return RunResult(run_dir, epoch, step, best_val, last_val, train_means, stopped)
 
 
-def _display_keys(metrics: dict[str, float]) -> list[str]:
-    """Loss terms first, then codebook usage and throughput; lr and grad_norm stay in the log only."""
-    hidden = {"lr", "grad_norm"}
-    keys = [k for k in metrics if k not in hidden and k != "frames_per_s"]
-    return keys + (["frames_per_s"] if "frames_per_s" in metrics else [])
+def _with_psnr(task: Task, metrics: dict[str, float]) -> dict[str, float]:
+    """Face PSNR (dB) next to the face MSE (`rec`) of a visual VQ-VAE: 10 log10(1 / MSE)."""
+    if task.kind == "vqvae" and task.modality == "visual" and metrics.get("rec", 0) > 0:
+        return {**metrics, "psnr_db": 10 * math.log10(1 / metrics["rec"])}
+    return metrics
+
+
+def _domain_reference(task: Task, model: nn.Module, val_ds: Dataset) -> dict[str, Any]:
+    """Checkpoint "domain" entry of a stage-1 run: its per-frame validation error and its corpus."""
+    assert task.modality is not None
+    n = len(val_ds)  # type: ignore[arg-type]
+    idx = torch.linspace(0, n - 1, min(n, domain.REFERENCE_FRAMES)).round().long().unique().tolist()
+    frames = val_ds[idx][task.modality]
+    was_training = model.training
+    model.eval()
+    try:
+        errors = domain.frame_errors(model, task.modality, frames)
+    finally:
+        model.train(was_training)
+    corpus = getattr(task, "corpus", None)
+    return {
+        "corpus": domain.describe_corpus(corpus) if corpus is not None else "",
+        task.modality: domain.summarise(errors, task.modality),
+    }
+
+
+def _warmups(task: Task, s: TrainSettings, end_step: int, fresh: bool, reporter: Reporter) -> None:
+    """Size an automatic KL warm-up from the run's length; warn of warm-ups longer than the run."""
+    train_cfg = task.config["train"]
+    if task.kind != "vqvae" and train_cfg["kl_warmup_steps"] < 0 and fresh:
+        train_cfg["kl_warmup_steps"] = max(1, round(KL_WARMUP_FRACTION * end_step))
+    if s.warmup_steps >= end_step:
+        reporter.note(
+            f"the learning-rate warm-up (train.warmup_steps={s.warmup_steps}) is as long as the whole run "
+            f"({end_step} steps): the learning rate never reaches train.lr={s.lr:g}; "
+            f"lower it, e.g. --set train.warmup_steps={max(1, end_step // 10)}, or train longer"
+        )
+    kl = train_cfg["kl_warmup_steps"]
+    if task.kind != "vqvae" and kl > end_step:
+        reporter.note(
+            f"the KL warm-up (train.kl_warmup_steps={kl}) is longer than the whole run ({end_step} steps): "
+            f"the KL term never reaches its full weight; lower it, e.g. --set train.kl_warmup_steps="
+            f"{max(1, round(KL_WARMUP_FRACTION * end_step))}, or train longer"
+        )
+
+
+class _StopRequests:
+    """Stop requests checked after every step: SIGTERM / SIGINT (the first one asks for a clean stop,
+    a second SIGINT interrupts at once), --max-steps and --time-limit. Under DDP the ranks agree (any
+    rank's request stops them all after the same step)."""
+
+    def __init__(self, options: RunOptions, dist_info: DistInfo, device: torch.device) -> None:
+        self.options, self.dist, self.device = options, dist_info, device
+        self.signalled: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signalled is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signalled = _SIGNAL_STOPS[signum]
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in _SIGNAL_STOPS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def reason(self, step: int, elapsed: float) -> str | None:
+        o = self.options
+        mine = {
+            self.signalled,
+            STOP_MAX_STEPS if o.max_steps is not None and step >= o.max_steps else None,
+            STOP_TIME_LIMIT if o.time_limit is not None and elapsed >= o.time_limit else None,
+        }
+        flags = torch.tensor([float(r in mine) for r in _STOPS], dtype=torch.float64)
+        if self.dist.enabled:  # ranks may see a signal or the clock apart: any rank's request counts
+            if torch.distributed.get_backend() == "nccl":
+                flags = all_reduce_sum(flags.to(self.device)).cpu()
+            else:
+                flags = all_reduce_sum(flags)
+        return next((r for r, f in zip(_STOPS, flags.tolist(), strict=True) if f > 0), None)
 
 
 def _check_resumable(state: dict[str, Any], task: Task, run_dir: Path) -> None:
@@ -476,6 +568,9 @@ def _check_resumable(state: dict[str, Any], task: Task, run_dir: Path) -> None:
             f"{run_dir} holds a {state['kind']} {state['modality'] or ''} run, not {task.kind} "
             f"{task.modality or ''}: use the matching command or another -o"
         )
+    train_cfg = task.config["train"]
+    if train_cfg["kl_warmup_steps"] < 0:  # automatic: keep the length the run was started with
+        train_cfg["kl_warmup_steps"] = state["config"]["train"]["kl_warmup_steps"]
     changed = [k for k in diff(state["config"], task.config) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError(
