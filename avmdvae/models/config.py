@@ -47,7 +47,11 @@ class _Dims:
             if isinstance(default, bool):
                 if not isinstance(v, bool):
                     raise ConfigError(f"{cls.__name__}.{k} must be true or false, got {v!r}")
-            elif isinstance(default, int) and not (isinstance(v, int) and not isinstance(v, bool)):
+            elif isinstance(default, list):  # layer widths: a list of integers, or one integer for one layer
+                v = [v] if _is_int(v) else v
+                if not (isinstance(v, list) and all(_is_int(x) for x in v)):
+                    raise ConfigError(f"{cls.__name__}.{k} must be a list of layer widths (integers), got {v!r}")
+            elif isinstance(default, int) and not _is_int(v):
                 raise ConfigError(f"{cls.__name__}.{k} must be an integer, got {v!r}")
             elif isinstance(default, float):
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -61,8 +65,14 @@ class _Dims:
     def validate(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and f.name != "n_res_blocks":
+            if _is_int(v) and v <= 0 and f.name != "n_res_blocks":
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be positive, got {v}")
+            if isinstance(v, list) and any(x <= 0 for x in v):
+                raise ConfigError(f"{type(self).__name__}.{f.name} layer widths must be positive, got {v}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -150,9 +160,18 @@ class AudioVQVAEDims(_VQVAEDims):
         return self.code_dim * self.positions
 
 
+def _widths(*w: int) -> Any:
+    return dataclasses.field(default_factory=lambda: list(w))
+
+
 @dataclass
 class MDVAEDims(_Dims):
-    """Stage-2 MDVAE sizes. feat_a / feat_v must equal the stage-1 `feature_dim`s."""
+    """Stage-2 MDVAE sizes. feat_a / feat_v must equal the stage-1 `feature_dim`s.
+
+    Every MLP is given by its hidden layer widths (tanh after each); an empty list is no hidden layer
+    (for the input MLPs proj_a / proj_v: the features are passed on unprojected). models/mdvae.yaml
+    holds these defaults, models/mdvae-official.yaml the authors' released architecture.
+    """
 
     feat_a: int = 512  # audio VQ-VAE feature (64 * 8)
     feat_v: int = 2048  # visual VQ-VAE feature (8 * 8 * 32)
@@ -160,16 +179,22 @@ class MDVAEDims(_Dims):
     zav_dim: int = 16
     za_dim: int = 8
     zv_dim: int = 4
-    proj_a: int = 256  # per-frame input projection of the audio features (Linear + tanh)
-    proj_v: int = 512  # per-frame input projection of the visual features
+    proj_a: list[int] = _widths(256)  # per-frame input MLP of the (standardised) audio features
+    proj_v: list[int] = _widths(512)  # per-frame input MLP of the visual features
     w_hidden: int = 256  # hidden size per direction of the bidirectional GRU that infers w
+    w_head: list[int] = _widths()  # MLP from the GRU's two final states to q(w)
     chain_hidden: int = 128  # GRU state over the past samples of each dynamical latent
-    post_hidden: int = 128  # hidden layer of the posterior heads q(z_t | x_t, w, state)
-    prior_hidden: int = 64  # hidden layer of the prior heads p(z_t | state)
-    dec_hidden_a: int = 256  # hidden layer of the audio decoder [w, zav, za] -> feature mean
-    dec_hidden_v: int = 512  # hidden layer of the visual decoder [w, zav, zv] -> feature mean
-    learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood; True: learned per dim
-    seq_len: int = 30  # default training window length T (frames at 30 fps = 1 s)
+    post_hidden: list[int] = _widths(128)  # posterior heads q(z_t | features_t, w, state, ...); >= 1 layer
+    prior_hidden: list[int] = _widths(64)  # prior heads p(z_t | state)
+    dec_hidden_a: list[int] = _widths(256)  # audio decoder [w, zav, za] -> feature mean
+    dec_hidden_v: list[int] = _widths(512)  # visual decoder [w, zav, zv] -> feature mean
+    learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood (of standardised features)
+    seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.post_hidden:
+            raise ConfigError("MDVAEDims.post_hidden needs at least one layer width")
 
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:
@@ -180,14 +205,14 @@ class MDVAEDims(_Dims):
             zav_dim=4,
             za_dim=3,
             zv_dim=2,
-            proj_a=12,
-            proj_v=16,
+            proj_a=[12],
+            proj_v=[16],
             w_hidden=10,
             chain_hidden=8,
-            post_hidden=9,
-            prior_hidden=7,
-            dec_hidden_a=11,
-            dec_hidden_v=13,
+            post_hidden=[9],
+            prior_hidden=[7],
+            dec_hidden_a=[11],
+            dec_hidden_v=[13],
             seq_len=8,
         )
 
@@ -198,19 +223,26 @@ class DSAEDims(_Dims):
 
     z_dim = None means z(av) + z(modality) of the reference MDVAE: 16 + 8 = 24 for audio, 16 + 4 = 20
     for visual, so that each baseline has the latent capacity of the MDVAE for that modality.
+    MLP widths as in MDVAEDims.
     """
 
     feat: int = 512  # stage-1 feature of the modality (512 audio, 2048 visual)
     w_dim: int = 84
     z_dim: int | None = None
-    proj: int = 256
+    proj: list[int] = _widths(256)
     w_hidden: int = 256
+    w_head: list[int] = _widths()
     chain_hidden: int = 128
-    post_hidden: int = 128
-    prior_hidden: int = 64
-    dec_hidden: int = 256
+    post_hidden: list[int] = _widths(128)
+    prior_hidden: list[int] = _widths(64)
+    dec_hidden: list[int] = _widths(256)
     learn_obs_var: bool = False
     seq_len: int = 30
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.post_hidden:
+            raise ConfigError("DSAEDims.post_hidden needs at least one layer width")
 
     def resolved_z_dim(self, modality: str) -> int:
         if self.z_dim is not None:
@@ -220,9 +252,9 @@ class DSAEDims(_Dims):
     @classmethod
     def for_modality(cls, modality: str) -> DSAEDims:
         if modality == "audio":
-            return cls(feat=512, proj=256, dec_hidden=256)
+            return cls(feat=512, proj=[256], dec_hidden=[256])
         if modality == "visual":
-            return cls(feat=2048, proj=512, dec_hidden=512)
+            return cls(feat=2048, proj=[512], dec_hidden=[512])
         raise ConfigError(f"unknown modality {modality!r}; use 'audio' or 'visual'")
 
     @classmethod
@@ -231,11 +263,11 @@ class DSAEDims(_Dims):
             feat=feat,
             w_dim=6,
             z_dim=5,
-            proj=12,
+            proj=[12],
             w_hidden=10,
             chain_hidden=8,
-            post_hidden=9,
-            prior_hidden=7,
-            dec_hidden=11,
+            post_hidden=[9],
+            prior_hidden=[7],
+            dec_hidden=[11],
             seq_len=8,
         )
