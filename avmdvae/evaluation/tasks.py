@@ -15,8 +15,8 @@ from each clip's source media when it is still there; otherwise it is the Griffi
 the corpus spectrogram (report.json says which, per task), and then STOI / PESQ measure the models
 against that inversion rather than the original recording.
 
-Every latent is a posterior mean (deterministic). MDVAE clips are encoded by AVModel (windowed w,
-one causal pass for the z's); DSAE clips the same way (`UniModel`).
+Every latent is a posterior mean (deterministic), from the models' `encode_sequence` (through AVModel
+for the MDVAE, `UniModel` for a DSAE).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from avmdvae.errors import AvmdvaeError, ConfigError
 from avmdvae.evaluation import disentangle as dis
 from avmdvae.evaluation import metrics as M
 from avmdvae.evaluation import probes
-from avmdvae.manipulation.model import CHUNK, AVModel, Clip, _windows
+from avmdvae.manipulation.model import CHUNK, AVModel, Clip
 from avmdvae.models.dsae import DSAELatents
 from avmdvae.models.mdvae import Latents
 
@@ -121,26 +121,13 @@ class UniModel:
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> DSAELatents:
-        """Features (N, D) -> w (1, Dw) as the precision-weighted mean over seq_len windows (as
-        AVModel does for the MDVAE), z (1, N, Dz) from one causal pass."""
-        m = self.dsae
-        e = m.proj(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))  # (N, P)
-        num = torch.zeros(m.dims.w_dim, dtype=torch.float64, device=self.device)
-        den = torch.zeros_like(num)
-        for a, b in _windows(len(x), m.dims.seq_len):
-            mean, logvar = m.static(e[None, a:b])
-            prec = torch.exp(-logvar[0].double())
-            num += prec * mean[0].double()
-            den += prec
-        w = (num / den).float()[None]
-        eps = torch.zeros(1, len(x), m.z_dim, device=self.device)
-        z = m.chains([e[None]], w, [eps]).z[0]
-        return DSAELatents(w, z)
+        """Features (N, D) -> posterior means, w (1, Dw) and z (1, N, Dz): `DSAE.encode_sequence`."""
+        return self.dsae.encode_sequence(torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device))
 
     @torch.no_grad()
     def decode(self, lat: DSAELatents) -> np.ndarray:
         """-> faces (N, 64, 64, 3) uint8 or power (N, 513) float32."""
-        return _decode_media(self.vq, self.dsae.decode(lat)[0], self.modality)
+        return _decode_media(self.vq, self.dsae.decode(lat)[0][0], self.modality)
 
 
 @torch.no_grad()

@@ -5,18 +5,11 @@
     out = model.decode(lat)                   # Decoded(faces (N,64,64,3) uint8, power (N,513))
     wave = model.to_audio(out.power, phase_from=clip.audio)   # or Griffin-Lim (phase_from=None)
 
-How a clip of any length is encoded (no seams, bounded memory):
+How a clip of any length is encoded:
 
 * Stage-1 features are computed in chunks of CHUNK frames (per-frame models: chunking is exact).
-* w (static) is the precision-weighted mean of the posteriors q(w | window) over windows of the
-  model's training length T (seq_len) tiling the clip (the last one aligned to the clip's end; a clip
-  shorter than T is one window). The model only ever saw T-frame windows, so this keeps the static
-  encoder in the regime it was trained for, and the product of Gaussian posteriors is the natural way
-  to pool independent evidence about one static factor.
-* z(av), z(a), z(v) (dynamical, causal) run over the whole clip as ONE sequence with that w: the
-  chains are advanced in chunks of `chunk` frames with their recurrent state carried from one chunk
-  to the next, so any chunking gives the one-pass result (to float rounding) and never a seam.
-  Posterior means are used (no sampling), so encoding is deterministic.
+* Latents: `MDVAE.encode_sequence` (posterior means, deterministic): w pooled over the clip's
+  T-frame windows, the z's from overlapping T-frame windows, as in training (see its docstring).
 * Decoding is per frame ([w, z_t] -> feature -> stage-1 decoder), chunked.
 
 A missing modality (`drop="audio"|"visual"`): its features are replaced by the stage-1 feature mean
@@ -53,7 +46,6 @@ Modality = Literal["audio", "visual"]
 FACTORS = ("w", "zav", "za", "zv")
 
 CHUNK = 512  # frames per stage-1 / decoder batch (17 s at 30 fps; 512 x 2048 x 4 B = 4 MB of features)
-CHAIN_CHUNK = 1800  # frames per chunk of the causal chains (1 min at 30 fps); state carried across
 GL_CHUNK = 900  # frames per Griffin-Lim segment (30 s): bounds memory for long clips
 GL_OVERLAP = 16  # frames of cross-fade between Griffin-Lim segments (0.53 s)
 STATS_FRAMES = 4096  # training frames averaged for the missing-modality feature mean
@@ -104,16 +96,6 @@ def latents_slice(lat: Latents, a: int, b: int) -> Latents:
     """Frames [a, b) of the dynamical latents (w kept; per-frame w (1, N, Dw) sliced too)."""
     w = lat.w[:, a:b] if lat.w.dim() == 3 else lat.w
     return Latents(w, lat.zav[:, a:b], lat.za[:, a:b], lat.zv[:, a:b])
-
-
-def _windows(n: int, length: int) -> list[tuple[int, int]]:
-    """Tiling of [0, n) by windows of `length` (last one aligned to the end); one window if n < length."""
-    if n <= length:
-        return [(0, n)]
-    starts = list(range(0, n - length + 1, length))
-    if starts[-1] + length < n:
-        starts.append(n - length)
-    return [(s, s + length) for s in starts]
 
 
 class AVModel:
@@ -333,93 +315,42 @@ class AVModel:
 
     # ------------------------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode_features(
-        self, xa: np.ndarray, xv: np.ndarray, chunk: int = CHAIN_CHUNK, progress: Progress = _noop
-    ) -> Latents:
-        """Posterior-mean latents of one clip's features (N, Da), (N, Dv); see the module docstring."""
-        m, dev = self.mdvae, self.device
+    def encode_features(self, xa: np.ndarray, xv: np.ndarray, progress: Progress = _noop) -> Latents:
+        """Posterior-mean latents of one clip's features (N, Da), (N, Dv): `MDVAE.encode_sequence`."""
         n = len(xa)
         if n == 0 or len(xv) != n:
             raise ConfigError(
                 f"need the same number (>= 1) of audio and visual frames, got {len(xa)}, {len(xv)}"
             )
-
-        def proj(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-            ea = m.proj_a(torch.from_numpy(np.array(xa[a:b])).to(dev))
-            ev = m.proj_v(torch.from_numpy(np.array(xv[a:b])).to(dev))
-            return ea, ev
-
-        # w: precision-weighted mean of per-window posteriors, windows batched CHUNK frames at a time
-        wins = _windows(n, self.seq_len)
-        t = wins[0][1] - wins[0][0]
-        per_batch = max(1, CHUNK // t)
-        num = torch.zeros(m.dims.w_dim, device=dev, dtype=torch.float64)
-        den = torch.zeros(m.dims.w_dim, device=dev, dtype=torch.float64)
-        for i in range(0, len(wins), per_batch):
-            group = wins[i : i + per_batch]
-            e = torch.stack([torch.cat(proj(a, b), -1) for a, b in group])  # (B, T, Pa + Pv)
-            mean, logvar = m.static(e)
-            prec = torch.exp(-logvar.double())
-            num += (prec * mean.double()).sum(0)
-            den += prec.sum(0)
-            progress("encode w", min(i + per_batch, len(wins)), len(wins))
-        w = (num / den).float()[None]  # (1, Dw)
-
-        # dynamical chains: one causal pass over the clip, chunked with the state carried
-        d = m.dims
-        outs: list[list[torch.Tensor]] = [[], [], []]
-        state = None
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            ea, ev = proj(a, b)
-            ea, ev = ea[None], ev[None]  # (1, T, P)
-            eps = [torch.zeros(1, b - a, z, device=dev) for z in (d.zav_dim, d.za_dim, d.zv_dim)]
-            ch = m.chains([torch.cat([ea, ev], -1), ea, ev], w, eps, state=state)
-            state = ch.state
-            for k in range(3):
-                outs[k].append(ch.z[k])
-            progress("encode z", b, n)
-        zav, za, zv = (torch.cat(o, 1) for o in outs)
-        return Latents(w, zav, za, zv)
+        lat = self.mdvae.encode_sequence(*(torch.from_numpy(np.asarray(x))[None].to(self.device) for x in (xa, xv)))
+        progress("encode", n, n)
+        return lat
 
     def encode(
         self,
         clip: Clip,
         drop: Modality | None = None,
         impute_iters: int = 0,
-        chunk: int = CHAIN_CHUNK,
         progress: Progress = _noop,
     ) -> Latents:
         """Clip -> Latents (batch 1). drop: infer everything from the other modality (module docstring)."""
         xa, xv = self.features(clip, progress)
         if drop is None:
-            return self.encode_features(xa, xv, chunk, progress)
+            return self.encode_features(xa, xv, progress)
         if drop not in ("audio", "visual"):
             raise ConfigError(f"--drop {drop!r}: use audio or visual")
         target = xa if drop == "audio" else xv
         target[:] = self.feature_mean()[drop]
-        lat = self.encode_features(xa, xv, chunk, progress)
+        lat = self.encode_features(xa, xv, progress)
         for _ in range(impute_iters):
             for a in range(0, clip.n_frames, CHUNK):
                 b = min(a + CHUNK, clip.n_frames)
-                fa, fv = self._decode_features(latents_slice(lat, a, b))
+                fa, fv = self.mdvae.decode(latents_slice(lat, a, b))
                 target[a:b] = (fa if drop == "audio" else fv)[0].cpu().numpy()
-            lat = self.encode_features(xa, xv, chunk, progress)
+            lat = self.encode_features(xa, xv, progress)
         return lat
 
     # ------------------------------------------------------------------------------------ decoding
-    @torch.no_grad()
-    def _decode_features(self, lat: Latents) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents (w (1, Dw) or per-frame (1, T, Dw)) -> feature means (1, T, Da), (1, T, Dv)."""
-        if lat.w.dim() == 3:  # per-frame w: decode frames as a batch of 1-frame sequences
-            t = lat.zav.shape[1]
-            per = Latents(
-                lat.w[0], lat.zav.reshape(t, 1, -1), lat.za.reshape(t, 1, -1), lat.zv.reshape(t, 1, -1)
-            )
-            fa, fv = self.mdvae.decode(per)
-            return fa.reshape(1, t, -1), fv.reshape(1, t, -1)
-        return self.mdvae.decode(lat)
-
     @torch.no_grad()
     def decode(self, lat: Latents, progress: Progress = _noop) -> Decoded:
         """Latents (batch 1) -> faces (N, 64, 64, 3) uint8 and power spectrogram (N, 513), chunked."""
@@ -429,7 +360,7 @@ class AVModel:
         power = np.empty((n, self.vq_audio.dims.n_bins), np.float32)
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
-            fa, fv = self._decode_features(latents_slice(lat, a, b))
+            fa, fv = self.mdvae.decode(latents_slice(lat, a, b))
             power[a:b] = self.vq_audio.decode_feature(fa[0]).float().cpu().numpy()
             img = self.vq_visual.decode_feature(fv[0]).float()  # (T, 3, 64, 64) in [0, 1]
             faces[a:b] = img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -546,7 +477,6 @@ def hstack_iter(*streams: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 __all__ = [
     "AVModel",
-    "CHAIN_CHUNK",
     "Clip",
     "Decoded",
     "FACTORS",

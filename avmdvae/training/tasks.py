@@ -22,7 +22,7 @@ from avmdvae.errors import ConfigError
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.config import MODALITIES
 from avmdvae.training.distributed import DistInfo, barrier, epoch_permutation
-from avmdvae.training.features import FeatureWindows, compute_features
+from avmdvae.training.features import FeatureProgress, FeatureWindows, compute_features
 
 # Frames used before step 0 to set the audio input normalisation and to initialise the codebooks
 # from encoder outputs (a fixed sample drawn from (seed), identical on every DDP rank).
@@ -216,7 +216,9 @@ class _Stage2Task:
     def _feature_key(self, m: str) -> str:
         raise NotImplementedError
 
-    def prepare_features(self, device: torch.device, dist_info: DistInfo, progress: bool) -> None:
+    def prepare_features(
+        self, device: torch.device, dist_info: DistInfo, progress: FeatureProgress | None = None
+    ) -> None:
         """Compute (or reuse) the feature cache of every clip, then build the window datasets."""
         self.dist = dist_info
         for m, model in self.stage1_models.items():
@@ -237,8 +239,15 @@ class _Stage2Task:
         self._train = FeatureWindows(self.corpus, d["train_split"], self._dirs, t, d["window_hop"])
         self._val = FeatureWindows(self.corpus, d["val_split"], self._dirs, t, d["window_hop"])
 
+    @torch.no_grad()
     def init_model(self, model: nn.Module, device: torch.device) -> None:
-        pass
+        """Per-dimension standardisation of each modality's features, from a fixed sample of training
+        windows drawn from the seed (the same on every DDP rank)."""
+        ds = self.train_dataset()
+        n = max(1, INIT_SAMPLE_FRAMES // int(self.config["model"]["seq_len"]))
+        perm = epoch_permutation(len(ds), self.config["train"]["seed"], -1)
+        batch = ds[perm[:n].tolist()]
+        model.fit_input_stats({m: batch[m].flatten(0, 1).to(device) for m in self.modalities})  # type: ignore[operator]
 
     def build_model(self) -> nn.Module:
         return build_model(self.kind, self.modality, self.config)
@@ -263,10 +272,6 @@ class _Stage2Task:
             return 1.0
         return min(1.0, (step + 1) / warmup)
 
-    def noise_shapes(self, model: nn.Module, T: int) -> dict[str, tuple[int, ...]]:
-        """Per-sequence shapes of the reparameterisation noise of every latent."""
-        raise NotImplementedError
-
     def noise(
         self, model: nn.Module, batch_size: int, T: int, device: torch.device
     ) -> dict[str, torch.Tensor]:
@@ -279,7 +284,7 @@ class _Stage2Task:
         w = self.dist.world_size
         return {
             name: torch.randn(batch_size * w, *shape, device=device)[self.dist.rank :: w]
-            for name, shape in self.noise_shapes(model, T).items()
+            for name, shape in model.noise_shapes(T).items()  # type: ignore[operator]
         }
 
     def _seq_loss(
@@ -332,10 +337,6 @@ class MDVAETask(_Stage2Task):
             self.config, "feat_v", self.stage1_models["visual"].feature_dim, ref.feat_v, "visual VQ-VAE"
         )
 
-    def noise_shapes(self, model: nn.Module, T: int) -> dict[str, tuple[int, ...]]:
-        d = model.dims
-        return {"w": (d.w_dim,), "zav": (T, d.zav_dim), "za": (T, d.za_dim), "zv": (T, d.zv_dim)}
-
     def loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
     ) -> tuple[torch.Tensor, dict]:
@@ -362,9 +363,6 @@ class DSAETask(_Stage2Task):
         _set_feat(
             self.config, "feat", feat, DSAEDims.for_modality(self.modality).feat, f"{self.modality} VQ-VAE"
         )
-
-    def noise_shapes(self, model: nn.Module, T: int) -> dict[str, tuple[int, ...]]:
-        return {"w": (model.dims.w_dim,), "z": (T, model.z_dim)}
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
