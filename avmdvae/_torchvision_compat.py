@@ -20,9 +20,13 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from avmdvae.errors import ConfigError
 
 # Rows of the IoU matrix computed at once in `batched_nms`: bounds memory to NMS_BLOCK * n floats
 # (PNet can emit thousands of candidate boxes on a large frame; 1024 * 20_000 * 4 B = 80 MB worst case).
@@ -166,6 +170,42 @@ def load_mtcnn() -> type:
     with _stubbed_torchvision():
         from facenet_pytorch import MTCNN
     return MTCNN
+
+
+_NETS = ("PNet", "RNet", "ONet")  # MTCNN's three stages, each with its weights in data/<name>.pt
+
+
+def _safe_net(net_cls: type, weights: Path) -> torch.nn.Module:
+    """One MTCNN stage with its bundled weights loaded as plain tensors (weights_only=True)."""
+    net = net_cls(pretrained=False)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or file damaged: not loadable as weights only
+        raise ConfigError(f"cannot load the MTCNN weights {weights} as plain tensors ({e}); "
+                           "reinstall facenet-pytorch==2.5.3") from None
+    net.load_state_dict(state)
+    return net
+
+
+def build_mtcnn(**kwargs: Any) -> torch.nn.Module:
+    """`facenet_pytorch.MTCNN(**kwargs)`, with its weights loaded safely.
+
+    facenet-pytorch's PNet/RNet/ONet call `torch.load` without `weights_only`, which runs arbitrary
+    pickled code on torch < 2.6 (we accept torch >= 2.2). While MTCNN is built, its module's three
+    network classes are replaced by factories that load the same bundled files with
+    `weights_only=True`; the classes are restored afterwards.
+    """
+    mtcnn_cls = load_mtcnn()
+    module = sys.modules[mtcnn_cls.__module__]
+    data = Path(module.__file__).resolve().parent.parent / "data"
+    saved = {name: getattr(module, name) for name in _NETS}
+    for name, net_cls in saved.items():
+        setattr(module, name, functools.partial(_safe_net, net_cls, data / f"{name.lower()}.pt"))
+    try:
+        return mtcnn_cls(**kwargs)
+    finally:
+        for name, net_cls in saved.items():
+            setattr(module, name, net_cls)
 
 
 def uses_stand_in() -> bool:

@@ -17,8 +17,9 @@ Pipeline for `FaceCropper(detector="mtcnn").crop_clip(frames)`, streaming over t
    held). They are smoothed by a zero-phase Hann window (SMOOTH_CENTER_S for the centre,
    SMOOTH_SIZE_S for the size: zoom jitter is the most visible), so crops do not jitter.
 4. Each frame is cropped to a square of side size * (1 + 2 * margin) around the smoothed centre at
-   sub-pixel precision (parts outside the image are filled by edge replication) and resized with
-   antialiasing (PIL bicubic) to `size` x `size` RGB uint8.
+   sub-pixel precision and resized with antialiasing (PIL bicubic) to `size` x `size` RGB uint8. A
+   square that sticks out of the frame is moved inside it; one larger than the frame is padded with
+   black (never edge replication, which smears the border into bands).
 
 Memory is bounded: a frame is kept only until the detections its smoothed box depends on are known
 (normally CHUNK_FRAMES + detect_every + the smoothing half-window, ~50 frames; up to LINK_GAP_S more
@@ -124,12 +125,26 @@ def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small[0].permute(1, 2, 0).contiguous().numpy(), size[1] / w
 
 
+def fit_square(cx: float, cy: float, side: float, width: float, height: float) -> tuple[float, float]:
+    """Centre of the square of `side` around (cx, cy) moved the least to lie inside a width x height
+    frame, along each axis where it fits (elsewhere the centre is kept and the crop is padded)."""
+
+    def fit(c: float, extent: float) -> float:
+        return min(max(c, side / 2), extent - side / 2) if side <= extent else c
+
+    return fit(cx, width), fit(cy, height)
+
+
 def crop_square(frame: np.ndarray, cx: float, cy: float, side: float, size: int = FACE_SIZE) -> np.ndarray:
     """Crop the square of `side` centred at (cx, cy) (sub-pixel) and resize it to (size, size, 3) uint8.
 
-    Parts of the square outside the frame are filled by replicating the frame's edge pixels.
+    A square that sticks out of the frame is first moved inside it (`fit_square`); along an axis where
+    it is larger than the frame, the part outside is black. Replicating the edge pixels instead would
+    smear them into bands, structure the model would learn (pre-cropped face tracks, LRS2/LRS3 style,
+    have the face touching the borders).
     """
     h, w = frame.shape[:2]
+    cx, cy = fit_square(cx, cy, side, w, h)
     x0, y0 = cx - side / 2, cy - side / 2
     x1, y1 = x0 + side, y0 + side
     ix0, iy0, ix1, iy1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
@@ -139,7 +154,7 @@ def crop_square(frame: np.ndarray, cx: float, cy: float, side: float, size: int 
     region = frame[cy0:cy1, cx0:cx1]
     pad = ((cy0 - iy0, iy1 - cy1), (cx0 - ix0, ix1 - cx1), (0, 0))
     if any(p for p in pad[0] + pad[1]):
-        region = np.pad(region, pad, mode="edge")
+        region = np.pad(region, pad, mode="constant")
     img = Image.fromarray(np.ascontiguousarray(region))
     box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
     # reducing_gap=2: box-reduce by an integer factor first, then bicubic over >= 2x the output size
@@ -356,10 +371,9 @@ class FaceCropper:
 
     def _model(self):
         if self._mtcnn is None:
-            from avmdvae._torchvision_compat import load_mtcnn
+            from avmdvae._torchvision_compat import build_mtcnn
 
-            mtcnn_cls = load_mtcnn()
-            model = mtcnn_cls(keep_all=True, thresholds=list(MTCNN_THRESHOLDS), device=self.device)
+            model = build_mtcnn(keep_all=True, thresholds=list(MTCNN_THRESHOLDS), device=self.device)
             if self.device.type == "cpu":
                 # CPU max_pool2d is 3-5x faster on channels-last tensors; with channels-last weights
                 # every conv output is channels-last. Same detections, ~35 % less time per frame.
@@ -429,7 +443,8 @@ class FaceCropper:
         self, frames: Iterable[np.ndarray] | np.ndarray, fps: float = MODEL_FPS, source: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like `crop_clip`, also returning the crop squares: (crops (N,size,size,3) uint8,
-        boxes (N,4) float32 x0, y0, x1, y1 in input-frame pixels, sub-pixel, possibly outside the frame).
+        boxes (N,4) float32 x0, y0, x1, y1 in input-frame pixels, sub-pixel; outside the frame only
+        along an axis where the square is larger than the frame).
         """
         if self.detector == "none":
             crops, boxes = [], []
@@ -481,8 +496,9 @@ class FaceCropper:
                 if not in_memory:
                     buffered_bytes -= frame.nbytes
                 side = sz[k] * (1 + 2 * self.margin)
-                crops.append(crop_square(frame, cx[k] * scale, cy[k] * scale, side * scale, self.size))
-                squares.append((cx[k] - side / 2, cy[k] - side / 2, cx[k] + side / 2, cy[k] + side / 2))
+                x, y = fit_square(cx[k], cy[k], side, frame.shape[1] / scale, frame.shape[0] / scale)
+                crops.append(crop_square(frame, x * scale, y * scale, side * scale, self.size))
+                squares.append((x - side / 2, y - side / 2, x + side / 2, y + side / 2))
 
         for frame in frames:
             frame = _as_frame(frame)

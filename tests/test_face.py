@@ -12,7 +12,7 @@ from PIL import Image
 
 from avmdvae import _torchvision_compat as tvc
 from avmdvae.errors import NoFaceError
-from avmdvae.face import FACE_SIZE, FaceCropper, crop_square
+from avmdvae.face import FACE_SIZE, FaceCropper, crop_square, fit_square
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.png"
 # Eileen Collins' face in the 256x256 photo (brows to chin, ear to ear), located by eye and confirmed
@@ -320,10 +320,35 @@ def test_detector_none_is_antialiased():
     assert abs(out.mean() - 127.5) < 3 and out.std() < 3
 
 
-def test_crop_square_outside_image_pads_with_edge():
-    frame = np.zeros((50, 50, 3), np.uint8)
-    frame[:, :25] = 200
-    out = crop_square(frame, 0.0, 25.0, 40.0)  # half of the square is left of the image
-    assert out.shape == (FACE_SIZE, FACE_SIZE, 3)
-    assert np.all(out[:, :30] == 200)  # edge replication of the bright left column
+def test_crop_square_shifts_inside_the_frame_when_it_fits():
+    # a pre-cropped face track: a gradient with a distinct structure at each border
+    frame = np.zeros((60, 80, 3), np.uint8)
+    frame[..., 0] = np.arange(80, dtype=np.uint8)[None, :] * 3
+    frame[..., 1] = np.arange(60, dtype=np.uint8)[:, None] * 4
+    out = crop_square(frame, 5.0, 50.0, 40.0, size=40)  # box sticks out left and bottom
+    assert np.array_equal(out, crop_square(frame, 20.0, 40.0, 40.0, size=40))  # moved inside
+    assert fit_square(5.0, 50.0, 40.0, 80, 60) == (20.0, 40.0)
+    assert fit_square(40.0, 30.0, 20.0, 80, 60) == (40.0, 30.0)  # inside already: unchanged
+
+
+def test_crop_square_larger_than_frame_pads_black_not_smeared():
+    frame = np.full((50, 50, 3), 200, np.uint8)
+    frame[:, 0] = (255, 0, 0)  # a bright edge column: edge replication would smear it into a band
+    out = crop_square(frame, 25.0, 25.0, 100.0, size=100)  # crop twice the frame (MTCNN box + margin)
+    assert out.shape == (100, 100, 3)
+    assert np.all(out[:, :20] == 0) and np.all(out[:20] == 0) and np.all(out[-20:] == 0)
+    assert np.all(out[30:70, 30:70] == 200)
     assert crop_square(frame, -500.0, -500.0, 10.0).shape == (FACE_SIZE, FACE_SIZE, 3)
+
+
+def test_mtcnn_weights_are_loaded_with_weights_only(monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    FaceCropper()._model()
+    assert len(calls) == 3 and all(w is True for w in calls), calls
