@@ -136,6 +136,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     elif isinstance(default, list):
+        if isinstance(value, int) and not isinstance(value, bool) and all(isinstance(d, int) for d in default):
+            return [value]  # one layer width for a list of layer widths
         if isinstance(value, (list, tuple)):
             if default and all(isinstance(d, (int, float)) for d in default):
                 return [_coerce(v, default[0], f"{key}[{i}]") for i, v in enumerate(value)]
