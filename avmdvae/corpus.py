@@ -20,13 +20,15 @@ without ever loading the corpus.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avmdvae.atomic import atomic_path, save_npy, write_json, write_text
+from avmdvae.atomic import atomic_path, pid_alive, save_npy, write_json, write_text
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: corpora are not locked
+    fcntl = None  # type: ignore[assignment]
 from avmdvae.errors import CorpusError
 
 CORPUS_FORMAT_VERSION = 1
@@ -51,7 +58,10 @@ CLIP_FILE = "clip.json"
 FACES_FILE = "faces.npy"
 SPEC_FILE = "spec.npy"
 TRUTH_FILE = "truth.npz"
-TMP_MARK = ".tmp"  # avmdvae.atomic temporary files are named ".<stem>.XXXX.tmp<suffix>"
+LOCK_FILE = ".preprocess.lock"
+# Clip ids name folders and files: letters, digits, '.', '_', '-', no leading dot (so never '.' or
+# '..'), no separator. Every id read from disk is checked against this before it becomes a path.
+CLIP_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 # Open memory maps kept per dataset instance. Each np.memmap holds a file descriptor, so a corpus of
 # 30k clips cannot keep them all open (the usual soft limit is 1024 descriptors); 256 maps (128 clips
@@ -189,6 +199,32 @@ def manifest_text(records: Iterable[ClipRecord]) -> str:
     return buf.getvalue()
 
 
+def check_clip_id(clip_id: str, where: str | os.PathLike[str]) -> str:
+    """`clip_id` if it is a safe clip id (see CLIP_ID); CorpusError naming `where` otherwise."""
+    if not isinstance(clip_id, str) or not CLIP_ID.fullmatch(clip_id):
+        raise CorpusError(f"{where}: invalid clip id {clip_id!r} (expected letters, digits, '.', '_' "
+                          "or '-', not starting with '.'); this corpus was altered: re-run "
+                          "`avmdvae preprocess` into a new folder")
+    return clip_id
+
+
+def _record_from_file(d: Mapping[str, Any], path: Path, folder: str) -> ClipRecord:
+    """The ClipRecord in clip.json `path` of clip folder `folder`; CorpusError if it is malformed."""
+    try:
+        rec = ClipRecord.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorpusError(f"{path}: malformed clip record ({type(e).__name__}: {e}); delete "
+                          f"{path.parent} and re-run `avmdvae preprocess` to redo that clip") from None
+    check_clip_id(rec.clip_id, path)
+    if rec.clip_id != folder:
+        raise CorpusError(f"{path}: clip id {rec.clip_id!r} does not match its folder {folder!r}; "
+                          "this corpus was altered: re-run `avmdvae preprocess` into a new folder")
+    if rec.n_frames < 0:
+        raise CorpusError(f"{path}: negative frame count {rec.n_frames}; delete {path.parent} and re-run "
+                          "`avmdvae preprocess` to redo that clip")
+    return rec
+
+
 def read_manifest(path: Path) -> list[ClipRecord]:
     with open(path, newline="", encoding="utf-8") as f:
         return [ClipRecord.from_dict(row) for row in csv.DictReader(f)]
@@ -223,8 +259,89 @@ def _read_corpus_json(root: Path) -> tuple[PreprocessParams, dict[str, Any]]:
     return PreprocessParams.from_dict(meta["params"]), meta
 
 
+def clip_dir(root: Path, clip_id: str) -> Path:
+    """The folder of clip `clip_id` in the corpus at `root` (CorpusError for an unsafe id)."""
+    return root / CLIPS_DIR / check_clip_id(clip_id, root)
+
+
+def _lock_name(shard: tuple[int, int]) -> str:
+    i, n = shard
+    return LOCK_FILE if n == 1 else LOCK_FILE.replace(".lock", f".shard-{i}-of-{n}.lock")
+
+
+def _try_flock(path: Path, exclusive: bool) -> int | None:
+    """An open descriptor of `path` holding a flock, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock_holders(root: Path) -> str:
+    """'pid 123 (shard 1/2), pid 456' from the lock files of `root` whose process is still running."""
+    out = []
+    for p in sorted(root.glob(LOCK_FILE.replace(".lock", "*.lock"))):
+        info = _read_json(p) or {}
+        pid = info.get("pid")
+        if isinstance(pid, int) and pid_alive(pid):
+            shard = info.get("shard", "1/1")
+            out.append(f"pid {pid}" + (f" (shard {shard})" if shard != "1/1" else ""))
+    return ", ".join(out) or "a process that did not record its pid"
+
+
+@contextlib.contextmanager
+def lock_corpus(root: str | os.PathLike[str], shard: tuple[int, int] = (1, 1)) -> Iterator[None]:
+    """Hold the preprocessing lock of the corpus at `root` (an existing folder) for the block.
+
+    One run at a time writes into a corpus, except the shards of one sharded run (same n): an
+    unsharded run locks OUT/.preprocess.lock exclusively; shard i/n locks it shared and
+    OUT/.preprocess.shard-i-of-n.lock exclusively. Locks are flock()s, released by the kernel when the
+    holder dies, so a lock file left by a killed run is simply taken over. The files record the
+    holder's pid for the message a refused run prints. CorpusError when the lock is held.
+    """
+    root = Path(root)
+    if fcntl is None:  # no flock on this platform: nothing to hold
+        yield
+        return
+    i, n = shard
+    wanted = [(LOCK_FILE, n == 1)] + ([(_lock_name(shard), True)] if n > 1 else [])
+    held: list[int] = []
+    try:
+        for name, exclusive in wanted:
+            fd = _try_flock(root / name, exclusive)
+            if fd is None:
+                raise CorpusError(f"corpus {root} is being written by another `avmdvae preprocess` "
+                                  f"({_lock_holders(root)}; lock {root / name}); wait for it to finish "
+                                  "or stop it, then re-run")
+            held.append(fd)
+            if exclusive:
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"pid": os.getpid(), "shard": f"{i}/{n}",
+                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)  # releases the flock
+
+
 def is_corpus(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CORPUS_FILE).is_file()
+
+
+def _manifest_records(root: Path) -> dict[str, ClipRecord]:
+    """Well-formed rows of manifest.csv by clip id: a cache that spares parsing every clip.json. It is
+    only used for clip folders that exist with a clip.json; any other row is ignored."""
+    manifest = root / MANIFEST_FILE
+    if not manifest.is_file():
+        return {}
+    try:
+        rows = read_manifest(manifest)
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return {}  # unreadable manifest: fall back to the clip.json files
+    return {r.clip_id: r for r in rows if CLIP_ID.fullmatch(r.clip_id) and r.n_frames >= 0}
 
 
 def scan_clip_records(root: Path, known: Mapping[str, ClipRecord] | None = None) -> list[ClipRecord]:
@@ -240,7 +357,8 @@ def scan_clip_records(root: Path, known: Mapping[str, ClipRecord] | None = None)
     known = known or {}
     with os.scandir(clips_dir) as it:
         for entry in it:
-            if not entry.is_dir() or entry.name.startswith("."):
+            # a symlinked clip folder could point anywhere: not part of a corpus we wrote
+            if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
                 continue
             clip_json = Path(entry.path) / CLIP_FILE
             if entry.name in known:
@@ -249,7 +367,7 @@ def scan_clip_records(root: Path, known: Mapping[str, ClipRecord] | None = None)
                 continue
             d = _read_json(clip_json)
             if d is not None:
-                out.append(ClipRecord.from_dict(d))
+                out.append(_record_from_file(d, clip_json, entry.name))
     out.sort(key=lambda r: r.clip_id)
     return out
 
@@ -295,14 +413,7 @@ class Corpus:
             names = params.mismatches(expect, SHAPE_FIELDS if isinstance(expect, PreprocessParams) else None)
             if names:
                 raise CorpusError(params_mismatch_message(root, params, expect, names))
-        known: dict[str, ClipRecord] = {}
-        manifest = root / MANIFEST_FILE
-        if manifest.is_file():
-            try:
-                known = {r.clip_id: r for r in read_manifest(manifest)}
-            except (OSError, ValueError, KeyError):
-                known = {}  # unreadable manifest: fall back to the clip.json files
-        return cls(root, params, scan_clip_records(root, known), meta)
+        return cls(root, params, scan_clip_records(root, _manifest_records(root)), meta)
 
     def __repr__(self) -> str:
         return f"Corpus({str(self.root)!r}, {len(self.clips)} clips)"
@@ -323,7 +434,7 @@ class Corpus:
                               f"`avmdvae info {self.root}` lists what it holds") from None
 
     def clip_dir(self, clip_id: str) -> Path:
-        return self.root / CLIPS_DIR / clip_id
+        return clip_dir(self.root, clip_id)
 
     def faces(self, clip_id: str) -> np.memmap:
         """(N, face_size, face_size, 3) uint8, memory-mapped read-only."""
@@ -345,6 +456,9 @@ class Corpus:
     def _load(self, clip_id: str, name: str) -> np.memmap:
         self.clip(clip_id)
         p = self.clip_dir(clip_id) / name
+        if p.is_symlink():
+            raise CorpusError(f"{p} is a symbolic link, which a corpus never holds; delete {p.parent} and "
+                              "re-run `avmdvae preprocess` to redo that clip")
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -392,13 +506,42 @@ class CorpusWriter:
         (self.root / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
 
     def clip_dir(self, clip_id: str) -> Path:
-        return self.root / CLIPS_DIR / clip_id
+        return clip_dir(self.root, clip_id)
+
+    def _skip_path(self, clip_id: str) -> Path:
+        return self.root / SKIPPED_DIR / f"{check_clip_id(clip_id, self.root)}.json"
 
     def is_done(self, clip_id: str) -> bool:
         return (self.clip_dir(clip_id) / CLIP_FILE).is_file()
 
+    def clip_problem(self, clip_id: str) -> str | None:
+        """Why the finished clip `clip_id` is not usable (an array missing, unreadable or of the wrong
+        shape), or None when it is fine. Reads only the clip.json and the .npy headers."""
+        d = self.clip_dir(clip_id)
+        meta = _read_json(d / CLIP_FILE)
+        if meta is None:
+            return f"{d / CLIP_FILE} is missing or unreadable"
+        try:
+            n = _record_from_file(meta, d / CLIP_FILE, clip_id).n_frames
+        except CorpusError as e:
+            return str(e)
+        p = self.params
+        want = {FACES_FILE: (n, p.face_size, p.face_size, 3), SPEC_FILE: (n, p.n_bins)}
+        for name, shape in want.items():
+            try:
+                arr = np.load(d / name, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                return f"{d / name} is missing or unreadable ({type(e).__name__})"
+            if arr.shape != shape:
+                return f"{d / name} has shape {arr.shape}, expected {shape}"
+        return None
+
+    def sources(self) -> dict[str, str]:
+        """The source video of every finished clip, by clip id."""
+        return {r.clip_id: r.source for r in scan_clip_records(self.root, _manifest_records(self.root))}
+
     def skip_record(self, clip_id: str) -> dict[str, Any] | None:
-        return _read_json(self.root / SKIPPED_DIR / f"{clip_id}.json")
+        return _read_json(self._skip_path(clip_id))
 
     def clean_partial(self, clip_id: str) -> int:
         """Remove what an interrupted run left for an unfinished clip; returns the number of files."""
@@ -446,7 +589,7 @@ class CorpusWriter:
         if extra:
             meta.update({k: v for k, v in extra.items() if k not in meta})
         write_json(d / CLIP_FILE, meta)
-        (self.root / SKIPPED_DIR / f"{record.clip_id}.json").unlink(missing_ok=True)
+        self._skip_path(record.clip_id).unlink(missing_ok=True)
 
     def write_skipped(self, clip_id: str, source: str, reason: str, permanent: bool = True,
                       **extra: Any) -> None:
@@ -454,10 +597,10 @@ class CorpusWriter:
         by a re-run while the source is unchanged; others (unexpected errors) are."""
         rec = {"clip_id": clip_id, "source": source, "reason": reason, "permanent": permanent,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-        write_json(self.root / SKIPPED_DIR / f"{clip_id}.json", rec)
+        write_json(self._skip_path(clip_id), rec)
 
     def clear_skipped(self, clip_id: str) -> None:
-        (self.root / SKIPPED_DIR / f"{clip_id}.json").unlink(missing_ok=True)
+        self._skip_path(clip_id).unlink(missing_ok=True)
 
     def rebuild_index(self) -> tuple[int, int]:
         """Rewrite manifest.csv and skipped.jsonl from the per-clip files; returns (done, skipped)."""

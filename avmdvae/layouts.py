@@ -123,6 +123,11 @@ def _hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def path_id(clip_id: str, video: Path) -> str:
+    """`clip_id` made specific to the file `video`: a short hash of its absolute path appended."""
+    return f"{clip_id[: MAX_ID_LEN - 9]}-{_hash(str(video.absolute()))[:8]}"
+
+
 def make_unique(clips: list[SourceClip]) -> None:
     """Make clip ids unique in place (ids that collide get a short hash of their source path)."""
     by_id: dict[str, list[SourceClip]] = {}
@@ -131,7 +136,7 @@ def make_unique(clips: list[SourceClip]) -> None:
     for cid, group in by_id.items():
         if len(group) > 1:
             for c in group:
-                c.clip_id = f"{cid[: MAX_ID_LEN - 9]}-{_hash(str(c.video))[:8]}"
+                c.clip_id = path_id(cid, c.video)
 
 
 def truth_sidecar(video: Path) -> Path | None:

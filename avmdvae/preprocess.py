@@ -23,9 +23,12 @@ sorted clip list (1-based i), so n jobs on n machines split a dataset with no co
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -41,10 +44,11 @@ import torch
 
 from avmdvae import audio as audio_mod
 from avmdvae import media
-from avmdvae.corpus import ClipRecord, CorpusWriter, PreprocessParams, is_corpus
+from avmdvae.atomic import pid_alive, sweep_stale_temps
+from avmdvae.corpus import SKIPPED_DIR, ClipRecord, CorpusWriter, PreprocessParams, is_corpus, lock_corpus
 from avmdvae.errors import AvmdvaeError, ConfigError, CorpusError, MediaError
 from avmdvae.face import FaceCropper
-from avmdvae.layouts import Discovery, SkippedSource, SourceClip
+from avmdvae.layouts import Discovery, SkippedSource, SourceClip, path_id
 
 # Longer side of the frames the face cropper works on. 640 px: a 1080p frame decodes ~40% faster
 # when the decoder's scaler downsizes it (dependencies.md: 155 -> 215 frames/s at quarter size), and a
@@ -59,6 +63,15 @@ TORCH_THREADS = 1
 # Decoded frames queued ahead of the face cropper by the decoding thread (see `prefetch`): enough to
 # cover one detection batch (face.CHUNK_FRAMES = 30), ~20 MB at 640x360.
 PREFETCH_FRAMES = 32  # rebuild manifest.csv / skipped.jsonl at least this often during a batch
+# Training reads windows of T consecutive frames (T = 30 by default, 1 s at 30 fps): a shorter clip
+# cannot give a single one. Batch jobs skip such clips; a single file is kept, with a warning.
+MIN_WINDOW_FRAMES = 30
+# An audio track whose peak stays below -80 dBFS is silent (digital silence, a muted recording): its
+# spectrogram carries no speech. Batch jobs skip it; a single file is kept, with a warning.
+SILENCE_PEAK = 1e-4
+# Pool workers check this often that the main process still runs, and exit when it does not.
+WATCHDOG_S = 0.5
+PR_SET_PDEATHSIG = 1  # Linux prctl(2) option: the signal a process gets when its parent dies
 
 
 @dataclass
@@ -68,6 +81,7 @@ class ClipResult:
     n_frames: int = 0  # model frames written
     reason: str | None = None
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # kept anyway, but the user should know
 
 
 @dataclass
@@ -79,6 +93,7 @@ class BatchReport:
     total: int  # clips (and discovery skips) in this shard
     results: list[ClipResult] = field(default_factory=list)  # processed in this run
     already_done: int = 0  # finished by an earlier run
+    redone: int = 0  # marked finished by an earlier run but with arrays missing or unreadable
     kept_skipped: list[ClipResult] = field(default_factory=list)  # skipped by an earlier run, not retried
     seconds: float = 0.0
     interrupted: bool = False
@@ -241,8 +256,20 @@ def process_clip(src: SourceClip, params: PreprocessParams, cropper: FaceCropper
     samples = media.read_audio(audio_path, sample_rate=params.sample_rate)
     spec = audio_mod.power_spectrogram(torch.from_numpy(samples), fps=params.fps, n_frames=len(faces))
     facts = {"input_width": info.width, "input_height": info.height, "input_fps": round(info.fps, 3),
-             "input_frames": info.n_frames, "audio_seconds": round(len(samples) / params.sample_rate, 3)}
+             "input_frames": info.n_frames, "audio_seconds": round(len(samples) / params.sample_rate, 3),
+             "warnings": clip_problems(len(faces), samples, params)}
     return faces, spec.numpy().astype(np.float32, copy=False), facts
+
+
+def clip_problems(n_frames: int, samples: np.ndarray, params: PreprocessParams) -> list[str]:
+    """What makes a readable clip useless for training: too short for one window, silent audio."""
+    out = []
+    if n_frames < MIN_WINDOW_FRAMES:
+        out.append(f"clip is shorter than one training window ({n_frames} frames = {n_frames / params.fps:.2f} s "
+                   f"< {MIN_WINDOW_FRAMES} frames at {params.fps:g} fps)")
+    if samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK:
+        out.append("audio track is silent (peak below -80 dBFS): nothing to learn from its sound")
+    return out
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -269,6 +296,11 @@ def process_and_write(src: SourceClip, writer: CorpusWriter, cropper: FaceCroppe
                   "re-run to retry, and report it if it persists")
         writer.write_skipped(src.clip_id, str(src.video), reason, permanent=False, **_stamp(src.video))
         return ClipResult(src.clip_id, "failed", reason=reason, seconds=time.perf_counter() - t0)
+    problems = facts.pop("warnings")
+    if problems:  # readable but unusable for training: skip it, saying why
+        reason = f"{src.video}: {'; '.join(problems)}"
+        writer.write_skipped(src.clip_id, str(src.video), reason, permanent=True, **_stamp(src.video))
+        return ClipResult(src.clip_id, "skipped", reason=reason, seconds=time.perf_counter() - t0)
     record = ClipRecord(src.clip_id, str(src.video), src.speaker, src.emotion, src.intensity, src.sentence,
                         len(faces), src.split)
     extra = {"audio_source": str(src.audio or src.video), "work_max_side": work_max_side, **facts}
@@ -285,7 +317,29 @@ def process_and_write(src: SourceClip, writer: CorpusWriter, cropper: FaceCroppe
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(root: str, params: PreprocessParams, device: str | None) -> None:
+def _die_with(main_pid: int) -> None:
+    """Make this pool worker end when the main process `main_pid` ends, even by SIGKILL.
+
+    A worker is the child of multiprocessing's fork server (or of the main process with spawn); the
+    server exits when the main process does. On Linux the kernel kills the worker when its parent dies
+    (prctl PR_SET_PDEATHSIG); everywhere, a watchdog thread exits when the parent changes or the main
+    process is gone. Otherwise a killed run would leave its workers (~1 GB each) behind for good.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == parent and pid_alive(main_pid):
+            time.sleep(WATCHDOG_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="avmdvae-watchdog", daemon=True).start()
+
+
+def _init_worker(root: str, params: PreprocessParams, device: str | None, main_pid: int) -> None:
+    _die_with(main_pid)
     torch.set_num_threads(TORCH_THREADS)
     _WORKER["writer"] = CorpusWriter(root, params)
     _WORKER["cropper"] = make_cropper(params, device)
@@ -293,6 +347,30 @@ def _init_worker(root: str, params: PreprocessParams, device: str | None) -> Non
 
 def _worker_run(src: SourceClip, work_max_side: int | None) -> ClipResult:
     return process_and_write(src, _WORKER["writer"], _WORKER["cropper"], work_max_side)
+
+
+# ------------------------------------------------------------------------------------------ signals
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that a run stops as cleanly as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -------------------------------------------------------------------------------------------- batch
@@ -310,6 +388,29 @@ def _needs_work(src: SourceClip, writer: CorpusWriter, retry_skipped: bool) -> t
     return False, ClipResult(src.clip_id, "skipped", reason=str(rec.get("reason", "")))
 
 
+def _other_file(recorded: str, video: Path) -> bool:
+    """True when `recorded` (a finished clip's source) is an existing file other than `video`. A
+    recorded source that no longer exists is taken to be `video` moved (resuming after a move works)."""
+    try:
+        return not os.path.samefile(recorded, video)
+    except OSError:
+        return False
+
+
+def claim_ids(clips: list[SourceClip], writer: CorpusWriter) -> None:
+    """Give a clip whose id a finished clip from ANOTHER file already holds (same stem in two folders,
+    two inputs in one corpus) its own id, in place: the id plus a hash of its path. The choice depends
+    only on the corpus and the file, so every re-run maps a file to the same clip."""
+    taken = writer.sources()
+    for c in clips:
+        if c.clip_id in taken and _other_file(taken[c.clip_id], c.video):
+            own = path_id(c.clip_id, c.video)
+            if own in taken and _other_file(taken[own], c.video):
+                raise CorpusError(f"clip id {c.clip_id} of {c.video} is taken by {taken[c.clip_id]} and "
+                                  f"{own} by {taken[own]}; rename {c.video}")
+            c.clip_id = own
+
+
 ProgressFn = Callable[[ClipResult], None]
 
 
@@ -322,16 +423,29 @@ def run_batch(discovery: Discovery, out: str | os.PathLike[str], params: Preproc
 
     workers: processes (0: one per available CPU, at most one per clip; 1: in this process).
     on_plan(n_to_process) is called once before work starts; on_result(result)
-    after each clip. KeyboardInterrupt stops the run (the index is rebuilt first) and propagates.
+    after each clip. The corpus is locked for the run (CorpusError if another run holds it).
+    KeyboardInterrupt stops the run (the index is rebuilt first) and propagates.
     """
     check_params(params)
-    t_start = time.perf_counter()
     writer = CorpusWriter(out, params)
+    with lock_corpus(writer.root, shard):
+        for folder in (writer.root, writer.root / SKIPPED_DIR):  # what killed runs left behind
+            sweep_stale_temps(folder)
+        return _run_locked(discovery, writer, workers, shard, device, retry_skipped, work_max_side,
+                           on_plan, on_result)
+
+
+def _run_locked(discovery: Discovery, writer: CorpusWriter, workers: int, shard: tuple[int, int],
+                device: str | None, retry_skipped: bool, work_max_side: int | None,
+                on_plan: Callable[[int], None] | None, on_result: ProgressFn | None) -> BatchReport:
+    t_start = time.perf_counter()
+    params = writer.params
     all_ids = [c.clip_id for c in discovery.clips] + [s.clip_id for s in discovery.skipped]
     mine = shard_items(all_ids, shard)
     clips = [c for c in discovery.clips if c.clip_id in mine]
+    claim_ids(clips, writer)
     pre_skipped: list[SkippedSource] = [s for s in discovery.skipped if s.clip_id in mine]
-    report = BatchReport(Path(out), discovery.layout, discovery.split_rule, shard, len(mine))
+    report = BatchReport(writer.root, discovery.layout, discovery.split_rule, shard, len(mine))
 
     for s in pre_skipped:  # found unusable at discovery (e.g. RAVDESS video-only)
         if not writer.is_done(s.clip_id):
@@ -340,7 +454,11 @@ def run_batch(discovery: Discovery, out: str | os.PathLike[str], params: Preproc
     todo: list[SourceClip] = []
     for c in clips:
         if writer.is_done(c.clip_id):
-            report.already_done += 1
+            if writer.clip_problem(c.clip_id) is None:
+                report.already_done += 1
+                continue
+            report.redone += 1  # marked complete, but an array is missing or unreadable: redo it
+            todo.append(c)
             continue
         go, kept = _needs_work(c, writer, retry_skipped)
         if go:
@@ -381,12 +499,21 @@ def run_batch(discovery: Discovery, out: str | os.PathLike[str], params: Preproc
     return report
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's worker processes now (on Ctrl-C / SIGTERM), rather than waiting for the clips
+    in flight: what they leave half-written is cleaned up when those clips are redone. Python 3.11's
+    executor has no public way to do this, hence its private process table."""
+    for p in list(getattr(pool, "_processes", {}).values()):
+        p.kill()
+
+
 def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessParams, workers: int,
               device: str | None, work_max_side: int | None) -> Iterator[ClipResult]:
     """Process `todo` in a pool of `workers` processes, yielding results as clips finish.
 
     At most 2 * workers clips are in flight (a Ctrl-C loses little). If a worker process dies (a
     crash in a decoder, out of memory), its clips are recorded as failed and a new pool is started.
+    Workers end with the main process, however it ends (see `_die_with`).
     """
     # forkserver: workers fork from a clean server process that imported this module (and torch) once,
     # so starting them is cheap; forking this process directly could inherit locks held by its threads
@@ -399,7 +526,7 @@ def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessPa
     queue = list(reversed(todo))
     while queue:
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(str(writer.root), params, device))
+                                   initargs=(str(writer.root), params, device, os.getpid()))
         inflight: dict[Future[ClipResult], SourceClip] = {}
         try:
             while queue or inflight:
@@ -416,29 +543,46 @@ def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessPa
                           "re-run to retry, with fewer --workers if memory is short")
                 writer.write_skipped(c.clip_id, str(c.video), reason, permanent=False, **_stamp(c.video))
                 yield ClipResult(c.clip_id, "failed", reason=reason)
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 def preprocess_file(src: SourceClip, out: str | os.PathLike[str], params: PreprocessParams,
                     device: str | None = None, work_max_side: int | None = WORK_MAX_SIDE) -> ClipResult:
-    """Preprocess a single video into the corpus at `out`; input problems raise (nothing is written)."""
+    """Preprocess a single video into the corpus at `out`; input problems raise (nothing is written).
+
+    A clip that is readable but unfit for training (too short for one window, silent) is written
+    all the same, with its problems in the result's `warnings`.
+    """
     check_params(params)
     out = Path(out)
-    writer = CorpusWriter(out, params) if is_corpus(out) else None
-    if writer is not None and writer.is_done(src.clip_id):
-        return ClipResult(src.clip_id, "done", n_frames=0, reason="already in the corpus")
-    if writer is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        CorpusWriter(out, params)  # raises the "not a corpus" error before any work is done
-    t0 = time.perf_counter()
-    with torch_threads(TORCH_THREADS):
-        faces, spec, facts = process_clip(src, params, make_cropper(params, device), work_max_side)
-    writer = writer or CorpusWriter(out, params)
-    record = ClipRecord(src.clip_id, str(src.video), src.speaker, src.emotion, src.intensity, src.sentence,
-                        len(faces), src.split)
-    writer.write_clip(record, faces, spec, truth=src.truth,
-                      extra={"audio_source": str(src.audio or src.video), "work_max_side": work_max_side,
-                             **facts})
-    writer.clear_skipped(src.clip_id)
-    writer.rebuild_index()
-    return ClipResult(src.clip_id, "done", n_frames=len(faces), seconds=time.perf_counter() - t0)
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if is_corpus(out):
+            writer = CorpusWriter(out, params)
+            stack.enter_context(lock_corpus(out))
+            claim_ids([src], writer)
+            if writer.is_done(src.clip_id) and writer.clip_problem(src.clip_id) is None:
+                return ClipResult(src.clip_id, "done", n_frames=0, reason="already in the corpus")
+        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+            CorpusWriter(out, params)  # raises the "not a corpus" error before any work is done
+        t0 = time.perf_counter()
+        with torch_threads(TORCH_THREADS):
+            faces, spec, facts = process_clip(src, params, make_cropper(params, device), work_max_side)
+        if writer is None:
+            writer = CorpusWriter(out, params)
+            stack.enter_context(lock_corpus(out))
+        warnings = facts.pop("warnings")
+        record = ClipRecord(src.clip_id, str(src.video), src.speaker, src.emotion, src.intensity,
+                            src.sentence, len(faces), src.split)
+        extra = {"audio_source": str(src.audio or src.video), "work_max_side": work_max_side, **facts}
+        if warnings:
+            extra["warnings"] = warnings
+        writer.write_clip(record, faces, spec, truth=src.truth, extra=extra)
+        writer.clear_skipped(src.clip_id)
+        writer.rebuild_index()
+    return ClipResult(src.clip_id, "done", n_frames=len(faces), seconds=time.perf_counter() - t0,
+                      warnings=warnings)

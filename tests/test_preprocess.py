@@ -213,12 +213,12 @@ def test_single_file_with_mtcnn(tmp_path):
 def _mead_tree(root: Path) -> None:
     hz = {"M001": 300.0, "M002": 500.0, "W003": 700.0, "W004": 900.0}
     for i, (spk, f) in enumerate(hz.items()):
-        talking(root / spk / "video" / "front" / "happy" / "level_2" / "001.mp4", n=20, hz=f, seed=i)
+        talking(root / spk / "video" / "front" / "happy" / "level_2" / "001.mp4", n=30, hz=f, seed=i)
     # M001's clip has a separate audio file with another tone: it must be preferred over the mp4 track
     a = root / "M001" / "audio" / "happy" / "level_2" / "001.m4a"
     a.parent.mkdir(parents=True)
-    encode(a, audio=tone(20 / 30, 1000.0)[None, :], sample_rate=SR)
-    truth = {"jaw": np.linspace(0, 1, 20, dtype=np.float32), "speaker": np.array("W003")}
+    encode(a, audio=tone(30 / 30, 1000.0)[None, :], sample_rate=SR)
+    truth = {"jaw": np.linspace(0, 1, 30, dtype=np.float32), "speaker": np.array("W003")}
     np.savez(root / "W003" / "video" / "front" / "happy" / "level_2" / "001.truth.npz", **truth)
 
 
@@ -238,7 +238,7 @@ def test_mead_end_to_end_with_audio_files_and_truth(tmp_path):
     assert dominant_bin(c.spec("M001_happy_level2_001")) == round(1000 / 15.625)  # from the .m4a
     assert dominant_bin(c.spec("M002_happy_level2_001")) == round(500 / 15.625)  # from the mp4
     t = c.truth("W003_happy_level2_001")
-    assert t is not None and np.allclose(t["jaw"], np.linspace(0, 1, 20)) and str(t["speaker"]) == "W003"
+    assert t is not None and np.allclose(t["jaw"], np.linspace(0, 1, 30)) and str(t["speaker"]) == "W003"
     assert c.truth("M002_happy_level2_001") is None
     meta = json.loads((out / "clips" / "M001_happy_level2_001" / "clip.json").read_text())
     assert meta["audio_source"].endswith("001.m4a")
@@ -248,8 +248,8 @@ def test_mead_end_to_end_with_audio_files_and_truth(tmp_path):
 
 def test_ravdess_end_to_end_skips_video_only(tmp_path):
     root = tmp_path / "RAVDESS"
-    talking(root / "Actor_01" / "01-01-03-02-01-01-01.mp4", n=15)
-    talking(root / "Actor_01" / "02-01-03-02-01-01-01.mp4", n=15, audio=False)
+    talking(root / "Actor_01" / "01-01-03-02-01-01-01.mp4", n=30)
+    talking(root / "Actor_01" / "02-01-03-02-01-01-01.mp4", n=30, audio=False)
     out = tmp_path / "out"
     r = runner.invoke(app, ["preprocess", str(root), str(out), "--detector", "none"])
     assert r.exit_code == 0, r.output
@@ -264,8 +264,8 @@ def test_ravdess_end_to_end_skips_video_only(tmp_path):
 
 def test_folder_with_csv_labels(tmp_path):
     src = tmp_path / "vids"
-    talking(src / "a.mp4", n=12)
-    talking(src / "b.mp4", n=12, seed=1)
+    talking(src / "a.mp4", n=30)
+    talking(src / "b.mp4", n=30, seed=1)
     (src / "labels.csv").write_text("path,speaker,emotion,intensity,sentence\na.mp4,ann,sad,1,Hi there\n")
     out = tmp_path / "out"
     r = runner.invoke(app, ["preprocess", str(src), str(out), "--detector", "none", "--workers", "1"])
@@ -280,7 +280,7 @@ def test_folder_with_csv_labels(tmp_path):
 def _folder(tmp_path: Path, n: int) -> Path:
     src = tmp_path / "in"
     for i in range(n):
-        talking(src / f"spk{i % 3}" / f"clip{i}.mp4", n=10, seed=i)
+        talking(src / f"spk{i % 3}" / f"clip{i}.mp4", n=30, seed=i)
     return src
 
 
@@ -316,7 +316,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     c = Corpus.open(out)
     assert [x.clip_id for x in c.clips] == order
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    assert c.faces(order[3]).shape == (10, 64, 64, 3)
+    assert c.faces(order[3]).shape == (30, 64, 64, 3)
     assert len((out / "manifest.csv").read_text().splitlines()) == 6
 
 
