@@ -7,8 +7,9 @@ modules, tried in order; a media file gets its stream information.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -69,11 +70,15 @@ def preprocess(
     d = discover(input, layout, labels=labels)
     for note in d.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for warning in d.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
     if d.layout == "file":
         src = d.clips[0]
-        with console.status(f"preprocessing {src.video.name}"):
+        with _stop_cleanly(out), console.status(f"preprocessing {src.video.name}"):
             r = pp.preprocess_file(src, out, params, device=device)
+        for warning in r.warnings:
+            err_console.print(f"[yellow]warning:[/] {src.clip_id}: {warning}; training skips it", highlight=False)
         if r.reason == "already in the corpus":
             console.print(f"{src.clip_id}: already in {out}; nothing to do")
         else:
@@ -98,7 +103,7 @@ def preprocess(
         state["frames"] += r.n_frames
         progress.update(task, advance=1, frames=state["frames"])
 
-    with progress:
+    with _stop_cleanly(out), progress:
         report = pp.run_batch(d, out, params, workers=workers, shard=shard_t, device=device,
                               retry_skipped=retry_skipped, on_plan=on_plan, on_result=on_result)
     _print_report(report)
@@ -106,6 +111,26 @@ def preprocess(
         top = report.reasons().most_common(1)
         why = f"; most common reason: {top[0][0]}" if top else ""
         raise AvmdvaeError(f"no clip could be preprocessed ({len(report.skipped)} skipped{why})")
+
+
+@contextlib.contextmanager
+def _stop_cleanly(out: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM in the block: say what is complete and how to resume, exit 130 / 143."""
+    from avmdvae import preprocess as pp
+    from avmdvae.corpus import Corpus
+
+    try:
+        with pp.sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as e:
+        try:
+            n = len(Corpus.open(out).clips)
+        except AvmdvaeError:
+            n = 0
+        how = "terminated (SIGTERM)" if isinstance(e, pp.Terminated) else "interrupted"
+        err_console.print(f"[yellow]{how}[/]: {n} clip(s) complete in {out}; clips in progress were "
+                          "discarded; re-run the same command to resume", highlight=False)
+        raise typer.Exit(143 if isinstance(e, pp.Terminated) else 130) from None
 
 
 def _print_report(report) -> None:  # report: avmdvae.preprocess.BatchReport
@@ -119,6 +144,8 @@ def _print_report(report) -> None:  # report: avmdvae.preprocess.BatchReport
     t.add_row("[green]done now", str(report.done), f"{report.frames} frames in {report.seconds:.1f} s "
               f"({rate:.1f} frames/s)")
     t.add_row("done before", str(report.already_done), "finished by an earlier run")
+    if report.redone:
+        t.add_row("[yellow]redone", str(report.redone), "marked finished, but arrays were missing or unreadable")
     for reason, count in report.reasons().most_common():
         t.add_row("[yellow]skipped", str(count), Text(reason))
     console.print(t)
