@@ -13,8 +13,10 @@ Layout of a corpus folder OUT (documented for users in docs/corpus-format.md):
                                    never write the same file)
 
 Every file is written atomically (avmdvae.atomic), so a killed run leaves at most temporary files
-(`.name.XXXX.tmp.ext`) in the folder of the clip it was working on; they are removed when that clip is
-processed again. Arrays are plain .npy files so that training reads random windows through memory maps
+(`.name.<host>-<pid>-XXXX.tmp.ext`) in the folder of the clip it was working on; they are removed when
+that clip is processed again (and stale ones elsewhere by the next run). One `preprocess` run at a
+time writes into a corpus (`lock_corpus`), and every clip id read back from disk is checked
+(`check_clip_id`) before it becomes a path. Arrays are plain .npy files so that training reads random windows through memory maps
 without ever loading the corpus.
 """
 
