@@ -49,7 +49,9 @@ def time_steps(args: argparse.Namespace, B: int, precision: str, compiled: bool)
         model.fit_input_stats({"audio": xa.flatten(0, 1), "visual": xv.flatten(0, 1)})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    forward = torch.compile(model) if compiled else model
+    if compiled:
+        from avmdvae.models.seqvae import compile_model
+    forward = compile_model(model) if compiled else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

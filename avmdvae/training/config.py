@@ -44,6 +44,7 @@ class TrainSettings:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (CUDA or CPU autocast) | fp16 (CUDA only, with GradScaler)
+    compile: bool = False  # torch.compile the model's training step (one graph per forward)
     # Caps (0 = no cap): an "epoch" of single frames over a large corpus is long; these keep it bounded.
     max_steps_per_epoch: int = 0
     max_val_batches: int = 0
@@ -71,6 +72,7 @@ class DataSettings:
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {
         "train.epochs",
+        "train.compile",
         "train.log_every",
         "train.num_workers",
         "train.checkpoint_every",

@@ -34,6 +34,7 @@ import avmdvae
 from avmdvae import domain
 from avmdvae.atomic import write_text
 from avmdvae.errors import ConfigError
+from avmdvae.models.seqvae import compile_model
 from avmdvae.runtime import keep_freed_memory
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.config import RESUMABLE_CHANGES, TrainSettings, diff, to_yaml, train_settings
@@ -319,7 +320,7 @@ def train(task: Task, run_dir: str | Path, options: RunOptions | None = None) ->
         epoch, step_in_epoch = resume_state["epoch"], resume_state["step_in_epoch"]
         step, best_val = resume_state["step"], resume_state["best_val"]
 
-    objective: nn.Module = _Objective(model, task)
+    objective: nn.Module = _Objective(compile_model(model) if s.compile else model, task)
     if dist_info.enabled:
         objective = nn.parallel.DistributedDataParallel(
             objective,
