@@ -9,7 +9,8 @@ docs/cli.md has one section per command, headed ``## avmdvae CMD`` (``### avmdva
 sub-commands), holding a usage block, an options table whose rows start with the option's names in
 backticks, and an example. For each command this checks, against its help: the one-line description,
 the usage line, the set of options and short aliases (both ways: nothing missing, nothing stale), which
-options are required and every default value. `--help` itself is described once at the top of the page.
+options are required, every default value and every type (flags take no value: no `<bool>`). Every
+option and argument has help text. `--help` itself is described once at the top of the page.
 """
 
 from __future__ import annotations
@@ -34,8 +35,23 @@ NO_DEFAULT = "—"  # default cell of an option without a default in docs/cli.md
 REQUIRED = "required"
 
 PANEL_ROW = re.compile(r"^│(.*)│\s*$")
-OPTION_START = re.compile(r"^\s*(\*)?\s+(--[a-z0-9][a-z0-9-]*)(?:\s+(-[a-zA-Z]))?\s+<")
-ARGUMENT_START = re.compile(r"^\s*(\*)?\s+([a-z_][a-z0-9_]*)\s+<")
+# An option row: [*] --name [-x] [<type> [range]] help. Only a few columns of indent (wrapped help is deeper).
+OPTION_START = re.compile(
+    r"^\s{0,4}(\*)?\s{0,3}(--[a-z0-9][a-z0-9-]*)(?:\s+(-[a-zA-Z]))?\s+(<[^>]+>(?: \[[^\]]+\])?)?\s*(.*)$"
+)
+ARGUMENT_START = re.compile(r"^\s*(\*)?\s+([a-z_][a-z0-9_]*)\s+<[^>]+>\s*(.*)$")
+# The type column of --help -> the type cell of docs/cli.md; None: a flag (no value).
+DOC_TYPES = {None: "flag", "<int>": "int", "<float>": "float", "<str>": "text", "<path>": "path",
+             "<list[str]>": "text, repeatable"}
+RANGE = re.compile(r"<(\w+) range> \[x>=(-?\d+)\]")  # typer's `min=`: "<int range> [x>=1]"
+
+
+def doc_type(help_type: str | None) -> str:
+    """"<int>" -> "int", "<int range> [x>=1]" -> "int >= 1", None -> "flag"; KeyError for an unknown type."""
+    m = RANGE.fullmatch(help_type or "")
+    if m:
+        return f"{DOC_TYPES[f'<{m.group(1)}>']} >= {m.group(2)}"
+    return DOC_TYPES[help_type]
 COMMAND_ROW = re.compile(r"^ ([a-z][a-z0-9-]*)\s{2,}(\S.*?)\s*$")
 
 
@@ -45,7 +61,12 @@ class Option:
     short: str | None
     required: bool
     default: str | None
-    text: str = ""
+    type: str | None  # e.g. "<int>" or "<int range> [x>=1]"; None for a flag (no value)
+    text: str = ""  # the help text, [default: ...] and [required] included
+
+    @property
+    def help(self) -> str:
+        return _norm(re.sub(r"\[(default: .*?|required)\]", "", self.text))
 
 
 @dataclass
@@ -55,6 +76,7 @@ class Help:
     description: str  # first paragraph, whitespace-normalised
     options: dict[str, Option] = field(default_factory=dict)
     arguments: list[str] = field(default_factory=list)
+    argument_help: dict[str, str] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)  # sub-command -> one-line description
 
 
@@ -106,7 +128,7 @@ def parse_help(path: tuple[str, ...]) -> Help:
     for row in panels.get("Options", []):
         m = OPTION_START.match(row)
         if m:
-            current = Option(m.group(2), m.group(3), bool(m.group(1)), None, row)
+            current = Option(m.group(2), m.group(3), bool(m.group(1)), None, m.group(4), m.group(5))
             h.options[current.name] = current
         elif current is not None:
             current.text += " " + row.strip()
@@ -117,6 +139,7 @@ def parse_help(path: tuple[str, ...]) -> Help:
         m = ARGUMENT_START.match(row)
         if m:
             h.arguments.append(m.group(2))
+            h.argument_help[m.group(2)] = _norm(re.sub(r"\[(default: .*?|required)\]", "", m.group(3)))
     name = None
     for row in panels.get("Commands", []):
         m = COMMAND_ROW.match(row)
@@ -169,6 +192,7 @@ def doc_sections() -> dict[tuple[str, ...], str]:
 @dataclass
 class DocOption:
     names: list[str]
+    type: str
     default: str
 
 
@@ -184,7 +208,7 @@ def doc_options(section: str) -> dict[str, DocOption]:
         default = cells[2]
         if default.startswith("`") and default.endswith("`"):
             default = default[1:-1]
-        out[names[0]] = DocOption(names, default)
+        out[names[0]] = DocOption(names, cells[1], default)
     return out
 
 
@@ -218,6 +242,8 @@ def test_help_parser_sees_the_known_commands() -> None:
     assert swap.options["--factor"].short == "-f" and swap.options["--factor"].required
     assert swap.options["--gl-iters"].default == "64"
     assert swap.options["--native-size"].default is None and not swap.options["--native-size"].required
+    assert swap.options["--native-size"].type is None and doc_type(swap.options["--gl-iters"].type) == "int >= 1"
+    assert swap.options["--phase"].help.startswith("Audio phase") and "[default" not in swap.options["--phase"].help
 
 
 def test_every_command_has_a_section_and_no_section_is_stale() -> None:
@@ -256,6 +282,17 @@ def test_options_table_matches_help(path: tuple[str, ...]) -> None:
         assert doc.names == [name] + ([opt.short] if opt.short else []), f"{name}: names/aliases differ"
         expected = REQUIRED if opt.required else (opt.default if opt.default is not None else NO_DEFAULT)
         assert doc.default == expected, f"{name}: docs say default {doc.default!r}, --help {expected!r}"
+        assert doc.type == doc_type(opt.type), f"{name}: docs say type {doc.type!r}, --help {opt.type!r}"
+
+
+@pytest.mark.parametrize("path", leaf_commands(), ids=" ".join)
+def test_every_option_and_argument_has_help_and_flags_take_no_value(path: tuple[str, ...]) -> None:
+    h = parse_help(path)
+    for opt in h.options.values():
+        assert opt.help, f"avmdvae {' '.join(path)} {opt.name} has no help text"
+        assert opt.type != "<bool>" or opt.name == "--help", f"{opt.name} is a flag but --help shows <bool>"
+    for name, text in h.argument_help.items():
+        assert text, f"avmdvae {' '.join(path)}: argument {name} has no help text"
 
 
 @pytest.mark.parametrize("path", leaf_commands(), ids=" ".join)

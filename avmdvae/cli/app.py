@@ -1,8 +1,8 @@
 """The Typer application and the `command` decorator every sub-command uses.
 
 `command` turns an `AvmdvaeError` raised anywhere below a command into one red line on stderr and
-exit code 2, with no traceback, and a warning into one yellow `note:` line. Any other exception is a
-bug and keeps its traceback.
+exit code 2, with no traceback. Any other exception is a bug and keeps its traceback. (Notes and
+warnings of the library are one-line messages of the `avmdvae.*` loggers, on stderr.)
 
 Importing this module (and every command module) stays light: the commands import the library
 (torch, numpy...) in their bodies, so that `--help` and argument errors answer at once.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.models import OptionInfo
 
 from avmdvae.errors import AvmdvaeError
 from avmdvae.runtime import keep_freed_memory
@@ -41,22 +42,14 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _note(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any) -> None:
-    """warnings.showwarning for the commands: the message alone, on one line."""
-    text = " ".join(str(message).split())
-    err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
-
-
 def user_errors(fn: F) -> F:
-    """Print `AvmdvaeError`s as one line and exit 2 instead of showing a traceback; warnings as notes."""
+    """Print `AvmdvaeError`s as one line and exit 2 instead of showing a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         keep_freed_memory()  # every command is heavy tensor work: reuse freed memory (see runtime.py)
         try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _note
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except AvmdvaeError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -67,10 +60,19 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _flags_take_no_value(fn: Callable[..., Any]) -> None:
+    """Typer shows the type of a bool option as `<bool>`, as if it took a value: show none for flags."""
+    for param in inspect.signature(fn).parameters.values():
+        info = param.default
+        if isinstance(info, OptionInfo) and isinstance(info.default, bool) and info.metavar is None:
+            info.metavar = ""
+
+
 def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a sub-command of `typer_app` (default: the top-level app) wrapped in `user_errors`."""
 
     def decorator(fn: F) -> F:
+        _flags_take_no_value(fn)
         (typer_app or app).command(*args, **kwargs)(user_errors(fn))
         return fn
 

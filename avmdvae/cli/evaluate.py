@@ -58,7 +58,8 @@ def evaluate(
                                               help="At most this many test clips for resynth / denoise."),
     swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per swapped latent."),
     gl_iters: int = typer.Option(32, "--gl-iters", min=1, help="Griffin-Lim iterations in resynth."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of every draw (clip subsets, probes, swap pairs, noise)."),
+    seed: int = typer.Option(0, "--seed",
+                             help="Seed of the random draws: the report is deterministic for a given seed."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:

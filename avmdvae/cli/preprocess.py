@@ -27,7 +27,6 @@ from rich.table import Table
 from rich.text import Text
 
 from avmdvae.cli.app import command, console, err_console
-from avmdvae.corpus import SPLITS, Corpus, PreprocessParams, is_corpus
 from avmdvae.errors import AvmdvaeError
 from avmdvae.layouts import LAYOUTS, discover
 
@@ -54,19 +53,26 @@ def preprocess(
     shard: str = typer.Option("1/1", "--shard", help="Do part i of n of the sorted clip list (1-based)."),
     detector: str = typer.Option("mtcnn", "--detector",
                                  help="mtcnn, or none for videos that are already face crops."),
-    device: str | None = typer.Option(None, "--device", help="Torch device for face detection (cpu, cuda)."),
+    device: str | None = typer.Option(None, "--device",
+                                      help="Torch device for face detection: cpu, cuda, mps or auto (default: cpu)."),
     labels: Path | None = typer.Option(None, "--labels",
                                        help="CSV of labels for --layout folder (default: INPUT/labels.csv)."),
     retry_skipped: bool = typer.Option(False, "--retry-skipped",
                                        help="Retry clips an earlier run skipped for a permanent reason."),
 ) -> None:
     from avmdvae import preprocess as pp
+    from avmdvae.corpus import PreprocessParams
+    from avmdvae.outputs import check_outputs
+    from avmdvae.training.distributed import pick_device
 
     params = PreprocessParams(fps=fps, detector=detector)
     pp.check_params(params)
     shard_t = pp.parse_shard(shard)
     if workers < 0:
         raise AvmdvaeError(f"--workers must be >= 0 (0: one per CPU), got {workers}")
+    if device is not None:
+        device = str(pick_device(device))
+    check_outputs({}, inputs=[input], folders={"OUT": out})
     d = discover(input, layout, labels=labels)
     for note in d.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -169,6 +175,8 @@ def info_handler(fn: InfoHandler) -> InfoHandler:
 
 @command("info", help="Describe a corpus (or another avmdvae output, or a media file).")
 def info(path: Path = typer.Argument(..., help="A corpus folder, a training run, or a media file.")) -> None:
+    from avmdvae.corpus import is_corpus
+
     if not path.exists():
         raise AvmdvaeError(f"{path} does not exist; check the path")
     if is_corpus(path):
@@ -202,6 +210,8 @@ def show_media(path: Path) -> None:
 
 
 def show_corpus(path: Path) -> None:
+    from avmdvae.corpus import SPLITS, Corpus
+
     c = Corpus.open(path)
     p = c.params
     console.print(f"[bold]corpus[/] {c.root}  (format version {c.meta.get('format_version')}, "

@@ -22,9 +22,9 @@ re-encoded, that many times.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -274,7 +274,8 @@ class AVModel:
                             self._feature_mean = {"audio": z["audio"], "visual": z["visual"]}
                             return self._feature_mean
                 except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # damaged: recompute
-                    warnings.warn(f"{cache} is damaged ({type(e).__name__}); recomputing it", stacklevel=2)
+                    log = logging.getLogger(__name__)
+                    log.warning(f"note: {cache} is damaged ({type(e).__name__}); recomputing it")
         means = self._corpus_feature_mean()
         if means is None:
             self._feature_mean = zeros

@@ -9,19 +9,22 @@
 See docs/synthetic-corpus.md.
 """
 
-from avmdvae.synth.counterfactual import counterfactual_clip
-from avmdvae.synth.factors import AROUSAL_VALENCE, EMOTIONS, INTENSITY_SCALE, LEVELS, ClipSpec
-from avmdvae.synth.generate import (
-    SynthClip,
-    SynthOptions,
-    SynthResult,
-    clip_paths,
-    generate_corpus,
-    make_clip,
-    plan_clips,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AROUSAL_VALENCE", "EMOTIONS", "INTENSITY_SCALE", "LEVELS", "ClipSpec", "SynthClip", "SynthOptions",
-    "SynthResult", "clip_paths", "counterfactual_clip", "generate_corpus", "make_clip", "plan_clips",
-]
+_FROM = {
+    "counterfactual": ("counterfactual_clip",),
+    "factors": ("AROUSAL_VALENCE", "EMOTIONS", "INTENSITY_SCALE", "LEVELS", "ClipSpec"),
+    "generate": ("SynthClip", "SynthOptions", "SynthResult", "clip_paths", "generate_corpus", "make_clip",
+                 "plan_clips"),
+}
+__all__ = sorted(name for names in _FROM.values() for name in names)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a submodule when one of its names is first used: `avmdvae synth --help` reads the
+    emotions from factors.py without importing the speech synthesis (scipy)."""
+    for module, names in _FROM.items():
+        if name in names:
+            return getattr(import_module(f"avmdvae.synth.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
