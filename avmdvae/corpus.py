@@ -16,8 +16,8 @@ Every file is written atomically (avmdvae.atomic), so a killed run leaves at mos
 (`.name.<host>-<pid>-XXXX.tmp.ext`) in the folder of the clip it was working on; they are removed when
 that clip is processed again (and stale ones elsewhere by the next run). One `preprocess` run at a
 time writes into a corpus (`lock_corpus`), and every clip id read back from disk is checked
-(`check_clip_id`) before it becomes a path. Arrays are plain .npy files so that training reads random windows through memory maps
-without ever loading the corpus.
+(`check_clip_id`) before it becomes a path. Arrays are plain .npy files so that training reads random
+windows through memory maps without ever loading the corpus.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ import torch
 from torch.utils.data import Dataset
 
 from avmdvae.atomic import atomic_path, pid_alive, save_npy, write_json, write_text
+from avmdvae.errors import CorpusError
 
 try:
     import fcntl
 except ImportError:  # not POSIX: corpora are not locked
     fcntl = None  # type: ignore[assignment]
-from avmdvae.errors import CorpusError
 
 CORPUS_FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")

@@ -11,13 +11,16 @@ The audio is the clip's separate audio file when it has one (MEAD .m4a), else th
 Frames are decoded downscaled to `work_max_side` (decoder-side reformat: cheaper than full-size RGB
 conversion, and a face that fills a quarter of a 1080p frame is still ~3x larger than the 64-pixel
 crop). Problems the user can fix (unreadable file, no audio, no face, too short...) raise an
-AvmdvaeError with a one-line message.
+AvmdvaeError with a one-line message. A readable clip can still be unfit for training (`clip_problems`:
+shorter than one training window, silent audio): batches skip it, a single file keeps it with warnings.
 
-Batch (`run_batch`): clips whose clip.json exists are skipped (resumption; a killed run loses at most
-the clips in progress), skipped clips are re-tried only when their reason was not permanent or their
-source file changed (or with retry_skipped). `shard=(i, n)` processes clips i-1, i-1+n, ... of the
-sorted clip list (1-based i), so n jobs on n machines split a dataset with no coordination. With
-`workers > 1` clips go to a process pool; each worker builds its FaceCropper once.
+Batch (`run_batch`): the corpus is locked for the run (`corpus.lock_corpus`; shards of one run share
+it). Clips whose clip.json exists and whose arrays check out are skipped (resumption; a killed run
+loses at most the clips in progress, and a clip with an array missing is redone), skipped clips are
+re-tried only when their reason was not permanent or their source file changed (or with
+retry_skipped). `shard=(i, n)` processes clips i-1, i-1+n, ... of the sorted clip list (1-based i), so
+n jobs on n machines split a dataset with no coordination. With `workers > 1` clips go to a process
+pool; each worker builds its FaceCropper once and dies with the main process (`_die_with`).
 """
 
 from __future__ import annotations
