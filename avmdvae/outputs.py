@@ -49,7 +49,8 @@ def _probe(folder: Path, label: str, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".avmdvae-probe-", dir=existing)
     except OSError as e:
         raise ConfigError(
-            f"cannot write {label} {path}: {e.strerror or e} in {existing}; choose a writable location"
+            f"cannot write {label} {path}: no file can be created in {existing} ({e.strerror or e}); "
+            "choose a writable location"
         ) from None
     os.close(fd)
     os.unlink(tmp)

@@ -215,6 +215,14 @@ def test_hard_link_to_an_input_is_refused(videos: tuple[Path, Path], tmp_path: P
     _one_line_error(_args("resynth", videos[0], videos[1], link), "is an input")
 
 
+def test_eval_report_in_an_input_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avmdvae.evaluation import tasks
+
+    monkeypatch.setattr(tasks.Evaluator, "load", classmethod(_fail_load))
+    for out in (DEMO_RUN, tmp_path):
+        _one_line_error(["eval", str(DEMO_RUN), str(tmp_path), "-o", str(out), "-q"], "is an input")
+
+
 def test_same_path_for_two_outputs_is_refused(videos: tuple[Path, Path], tmp_path: Path, no_model: None) -> None:
     args = [*_args("interpolate", *videos, tmp_path / "o.mp4"), "--sheet", str(tmp_path / "g.png"),
             "--grid", str(tmp_path / "g.png")]
