@@ -197,3 +197,33 @@ def spectral_convergence(power: torch.Tensor | np.ndarray, audio: torch.Tensor |
     target = _magnitude(power)
     est = stft(audio, fps=fps, n_frames=target.shape[-2]).abs().to(target.dtype)
     return float(torch.linalg.vector_norm(est - target) / torch.linalg.vector_norm(target).clamp_min(1e-12))
+
+
+# The decoded sound comes out 8-10 dB quieter than its input (the VQ-VAE's spectra are smoothed and
+# Griffin-Lim's inconsistent phases cancel energy). Matching the input's RMS undoes that; the gain is
+# capped so that no sample clips and a near-silent output is not blown up into noise.
+MAX_GAIN_DB = 24.0
+PEAK = 0.99  # largest sample value after the gain
+
+
+def rms(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+
+
+def match_loudness(wave: np.ndarray, reference: np.ndarray,
+                   max_gain_db: float = MAX_GAIN_DB) -> tuple[np.ndarray, float]:
+    """`wave` scaled to the RMS of `reference`, limited to peak PEAK and to +-max_gain_db.
+
+    Returns (scaled float32 wave, gain). A silent reference or a silent `wave` leaves it unchanged
+    (gain 1.0): there is no loudness to match.
+    """
+    wave = np.asarray(wave, np.float32)
+    target, have = rms(reference), rms(wave)
+    if target == 0.0 or have == 0.0:
+        return wave, 1.0
+    limit = 10 ** (max_gain_db / 20)
+    gain = float(np.clip(target / have, 1 / limit, limit))
+    peak = float(np.max(np.abs(wave)))
+    gain = min(gain, PEAK / peak)
+    return (wave * gain).astype(np.float32), gain

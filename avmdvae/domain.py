@@ -61,7 +61,8 @@ def frame_errors(vqvae: nn.Module, modality: str, frames: np.ndarray | torch.Ten
     device = next(vqvae.parameters()).device
     out = []
     for a in range(0, len(frames), CHUNK):
-        x = torch.as_tensor(np.asarray(frames[a : a + CHUNK])).to(device)
+        part = frames[a : a + CHUNK]
+        x = (part if torch.is_tensor(part) else torch.from_numpy(np.array(part))).to(device)
         y = vqvae.decode_feature(vqvae.feature(x)).double()
         if modality == "visual":
             ref = x.movedim(-1, -3).double() / 255.0 if x.dtype == torch.uint8 else x.double()
@@ -258,7 +259,7 @@ def input_problems(clip: Clip, seq_len: int, name: str) -> list[str]:
     if not np.any(np.asarray(clip.audio)):
         out.append(
             f"the sound of {name} is silent (all zeros): the output sound is made up by the model from "
-            "the face alone, and audio scores against it cannot be computed"
+            "the face alone"
         )
     if clip.n_frames < seq_len:
         out.append(
@@ -267,6 +268,17 @@ def input_problems(clip: Clip, seq_len: int, name: str) -> list[str]:
             "model was trained on; give a longer clip"
         )
     return out
+
+
+def audio_unscorable(clip: Clip) -> str | None:
+    """Why STOI and SI-SDR against `clip`'s sound cannot be computed (None when they can)."""
+    from avmdvae.evaluation.metrics import STOI_MIN_SECONDS
+
+    if not np.any(np.asarray(clip.audio)):
+        return "the clean sound is silent (all zeros)"
+    if clip.seconds < STOI_MIN_SECONDS:
+        return f"the clip is {clip.seconds:.2f} s long, STOI needs at least {STOI_MIN_SECONDS:g} s"
+    return None
 
 
 def check_inputs(model: AVModel, clips: Sequence[Clip], names: Sequence[str] | None = None) -> DomainCheck:
@@ -284,6 +296,7 @@ def check_inputs(model: AVModel, clips: Sequence[Clip], names: Sequence[str] | N
 __all__ = [
     "DOMAIN_KEY",
     "OUT_OF_DOMAIN_RATIO",
+    "audio_unscorable",
     "DomainCheck",
     "ModalityCheck",
     "check",

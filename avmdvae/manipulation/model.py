@@ -376,12 +376,15 @@ class AVModel:
         n_iter: int = audio_mod.GL_ITERS,
         seed: int = 0,
         progress: Progress = _noop,
+        loudness_from: np.ndarray | None = None,
     ) -> np.ndarray:
         """Waveform (S,) float32 with S = round(N * 16000 / fps), from a power spectrogram (N, 513).
 
         phase_from: a waveform whose STFT phase is used (the input clip: `--phase source`); None:
         fast Griffin-Lim (n_iter iterations, deterministic given `seed`). Long spectrograms are
         inverted in GL_CHUNK-frame segments cross-faded over GL_OVERLAP frames (bounded memory).
+        loudness_from: the input waveform, whose RMS the output is matched to (the decoded sound is
+        8-10 dB quieter than its input; audio.match_loudness, limited so that nothing clips).
         """
         power = np.asarray(power, np.float32)
         n = len(power)
@@ -409,6 +412,8 @@ class AVModel:
                 out, y, s0, i > 0, i < len(segs) - 1, audio_mod.num_samples_for(GL_OVERLAP, fps, sr)
             )
             progress(name, i + 1, len(segs))
+        if loudness_from is not None:
+            return audio_mod.match_loudness(out, loudness_from)[0]
         return np.clip(out, -1.0, 1.0)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avmdvae import media
+from avmdvae import domain, media
 from avmdvae.errors import ConfigError
 from avmdvae.manipulation import noise as noise_mod
 from avmdvae.manipulation.model import AVModel, Clip, Decoded, Progress, _noop, hstack_iter, upscale_iter
@@ -125,7 +125,8 @@ def _audio(
     model: AVModel, dec: Decoded, opts: OutputOptions, phase_source: np.ndarray | None, progress: Progress
 ) -> np.ndarray:
     src = phase_source if opts.phase == "source" else None
-    return model.to_audio(dec.power, phase_from=src, n_iter=opts.gl_iters, seed=opts.seed, progress=progress)
+    return model.to_audio(dec.power, phase_from=src, n_iter=opts.gl_iters, seed=opts.seed, progress=progress,
+                          loudness_from=phase_source)
 
 
 def _write_outputs(
@@ -159,6 +160,7 @@ def resynth(
     opts = opts or OutputOptions()
     out = check_paths(output, [video], opts)
     clip = model.read(video, progress)
+    domain.check_inputs(model, [clip])
     dec = model.decode(model.encode(clip, progress=progress), progress)
     return _write_outputs(model, clip, dec, out, opts, [SheetRow("input", clip.faces, clip.power)],
                           "resynthesis", progress)
@@ -182,6 +184,7 @@ def swap(
     factors = check_factors(factors, length)  # before the slow work
     clip_a = model.read(video_a, progress)
     clip_b = model.read(video_b, progress)
+    domain.check_inputs(model, [clip_a, clip_b])
     lat = combine(
         model.encode(clip_a, progress=progress), model.encode(clip_b, progress=progress), factors, length
     )
@@ -213,6 +216,7 @@ def interpolate(
     factors = check_factors(factors, length)
     clip_a = model.read(video_a, progress)
     clip_b = model.read(video_b, progress)
+    domain.check_inputs(model, [clip_a, clip_b])
     la, lb = model.encode(clip_a, progress=progress), model.encode(clip_b, progress=progress)
     n = clip_a.n_frames
     alpha = torch.linspace(0, 1, n) if n > 1 else torch.zeros(1)
@@ -278,6 +282,8 @@ def audio_scores(clean: Clip, power: np.ndarray, wave: np.ndarray) -> dict[str, 
     from avmdvae.evaluation import metrics as m
 
     out = {"lsd_db": float(m.log_spectral_distance(clean.power, power))}
+    if domain.audio_unscorable(clean) is not None:  # denoise records why STOI and SI-SDR are missing
+        return out
     try:
         out["stoi"] = float(m.stoi(clean.audio, wave))
     except Exception:  # noqa: BLE001 - too short or pystoi missing: LSD still reported
@@ -311,6 +317,7 @@ def denoise(
     if drop is not None and drop not in ("audio", "visual"):
         raise ConfigError(f"--drop {drop!r}: use audio or visual")
     clean = model.read(video, progress)
+    domain.check_inputs(model, [clean])
     noisy = corrupt(model, clean, spec, opts.seed) if spec else clean
     lat = model.encode(noisy, drop=drop, impute_iters=impute_iters, progress=progress)  # type: ignore[arg-type]
     dec = model.decode(lat, progress)
@@ -328,6 +335,10 @@ def denoise(
                 if spec is not None and spec.modality == "audio" and drop != "audio":
                     entry["before"] = audio_scores(clean, noisy.power, noisy.audio)
                 entry["after"] = audio_scores(clean, dec.power, wave)
+                why = domain.audio_unscorable(clean)
+                if why is not None:
+                    entry["not_computable"] = {"stoi": why, "si_sdr_db": why}
+                    domain.log.warning(f"note: STOI and SI-SDR not computable: {why}")
             metrics[m] = entry
         metrics["corruption"] = str(spec) if spec else None
         metrics["drop"] = drop
