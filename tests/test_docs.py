@@ -290,7 +290,7 @@ def test_every_option_and_argument_has_help_and_flags_take_no_value(path: tuple[
     h = parse_help(path)
     for opt in h.options.values():
         assert opt.help, f"avmdvae {' '.join(path)} {opt.name} has no help text"
-        assert opt.type != "<bool>" or opt.name == "--help", f"{opt.name} is a flag but --help shows <bool>"
+        assert opt.type != "<bool>", f"{opt.name} is a flag but --help shows <bool>"
     for name, text in h.argument_help.items():
         assert text, f"avmdvae {' '.join(path)}: argument {name} has no help text"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,19 +19,40 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from typer.models import OptionInfo
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from avmdvae.errors import AvmdvaeError
 from avmdvae.runtime import keep_freed_memory
 
+
+class _FlagsTakeNoValue:
+    """Typer shows the type of a flag (a bool option, --help) as `<bool>`, as if it took a value: show none."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsTakeNoValue, TyperCommand):
+    """Every avmdvae command (see `command`)."""
+
+
+class Group(_FlagsTakeNoValue, TyperGroup):
+    """The avmdvae app and its groups (`train`)."""
+
+
 app = typer.Typer(
+    cls=Group,
     name="avmdvae",
     help="Audiovisual speech representation learning and manipulation with the VQ-MDVAE.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-train_app = typer.Typer(help="Train the stage-1 VQ-VAEs, the MDVAE, or the unimodal VQ-DSAE baselines.",
+train_app = typer.Typer(cls=Group, help="Train the stage-1 VQ-VAEs, the MDVAE, or the unimodal VQ-DSAE baselines.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -60,20 +80,11 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _flags_take_no_value(fn: Callable[..., Any]) -> None:
-    """Typer shows the type of a bool option as `<bool>`, as if it took a value: show none for flags."""
-    for param in inspect.signature(fn).parameters.values():
-        info = param.default
-        if isinstance(info, OptionInfo) and isinstance(info.default, bool) and info.metavar is None:
-            info.metavar = ""
-
-
 def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a sub-command of `typer_app` (default: the top-level app) wrapped in `user_errors`."""
 
     def decorator(fn: F) -> F:
-        _flags_take_no_value(fn)
-        (typer_app or app).command(*args, **kwargs)(user_errors(fn))
+        (typer_app or app).command(*args, cls=Command, **kwargs)(user_errors(fn))
         return fn
 
     return decorator
