@@ -345,6 +345,9 @@ def test_bad_formats_and_counts_are_refused(
 
 def test_negative_counts_are_refused(videos: tuple[Path, Path], tmp_path: Path, no_model: None) -> None:
     _one_line_error([*_args("denoise", *videos, tmp_path / "o.mp4"), "--impute-iters", "-1"], "--impute-iters")
+    _one_line_error(["synth", str(tmp_path / "s"), "--workers", "0"], "--workers")
+    _one_line_error(["demo", str(tmp_path / "d"), "--workers", "-1"], "--workers")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match="gl-iters"):
         ops.OutputOptions(gl_iters=0).check()
     for key in ("max_steps_per_epoch", "max_val_batches", "checkpoint_every", "weight_decay", "beta"):

@@ -39,7 +39,7 @@ def synth(
                                help="Comma-separated intensity levels (1-3)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and options -> same corpus."),
     size: int = typer.Option(192, "--size", help="Frame side in pixels (even, >= 96)."),
-    workers: int = typer.Option(2, "--workers", help="Parallel worker processes."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Parallel worker processes."),
 ) -> None:
     """Generate talking-face videos (H.264 + AAC, 30 fps) whose generative factors are known.
 
@@ -68,7 +68,7 @@ def synth(
 
         result = generate_corpus(out, n_speakers=opts.n_speakers, n_sentences=opts.n_sentences,
                                  emotions=opts.emotions, levels=opts.levels, seed=opts.seed, size=opts.size,
-                                 workers=max(1, workers), progress=update)
+                                 workers=workers, progress=update)
     dt = time.perf_counter() - t0
     console.print(f"{len(result.videos)} clips in {result.root} ({result.written} written, {result.skipped} "
                   f"already complete) in {dt:.1f} s", highlight=False)
