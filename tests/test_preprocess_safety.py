@@ -75,6 +75,22 @@ def test_crafted_frame_count_is_refused(tmp_path):
         Corpus.open(root)
 
 
+def test_symlinks_in_a_corpus_are_not_followed(tmp_path):
+    root = tmp_path / "corpus"
+    _write_clip(root, "a")
+    outside = tmp_path / "elsewhere"
+    _write_clip(outside, "b")
+    np.save(tmp_path / "secret.npy", np.zeros((40, 64, 64, 3), np.uint8))
+    faces = root / "clips" / "a" / "faces.npy"
+    faces.unlink()
+    faces.symlink_to(tmp_path / "secret.npy")
+    (root / "clips" / "b").symlink_to(outside / "clips" / "b", target_is_directory=True)
+    c = Corpus.open(root)
+    assert [x.clip_id for x in c.clips] == ["a"]  # the linked folder is not a clip of this corpus
+    with pytest.raises(CorpusError, match="symbolic link"):
+        c.faces("a")
+
+
 # ------------------------------------------------------------------------------- 2. id collisions
 
 
