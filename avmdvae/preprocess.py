@@ -546,7 +546,7 @@ def _run_pool(todo: list[SourceClip], writer: CorpusWriter, params: PreprocessPa
                           "re-run to retry, with fewer --workers if memory is short")
                 writer.write_skipped(c.clip_id, str(c.video), reason, permanent=False, **_stamp(c.video))
                 yield ClipResult(c.clip_id, "failed", reason=reason)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):  # GeneratorExit: the consumer stopped (its own Ctrl-C)
             _stop_workers(pool)
             raise
         finally:
