@@ -210,12 +210,12 @@ def _stage1_reference(model: AVModel, modality: str) -> tuple[dict[str, Any] | N
 
 def check(model: AVModel, clips: Sequence[Clip]) -> DomainCheck:
     """Measure the stage-1 reconstruction error of `clips` against the model's validation error
-    (silent sound, all zeros, is left out of the audio check: there is nothing to judge)."""
+    (silent sound is left out of the audio check: there is nothing to judge)."""
     checks: list[ModalityCheck] = []
     skipped: dict[str, str] = {}
     corpus = ""
     for modality in ("visual", "audio"):
-        judged = [c for c in clips if modality == "visual" or np.any(np.asarray(c.audio))]
+        judged = [c for c in clips if modality == "visual" or not silent(c.audio)]
         if not judged:
             skipped[modality] = SILENT
             continue
@@ -253,13 +253,21 @@ def warn(result: DomainCheck) -> None:
         log.warning(f"note: could not check whether the input is like the training data ({reasons})")
 
 
+def silent(audio: np.ndarray) -> bool:
+    """No sound to speak of: peak below preprocess.SILENCE_PEAK (-80 dBFS), as for corpus clips."""
+    from avmdvae.preprocess import SILENCE_PEAK
+
+    a = np.asarray(audio)
+    return a.size == 0 or float(np.max(np.abs(a))) < SILENCE_PEAK
+
+
 def input_problems(clip: Clip, seq_len: int, name: str) -> list[str]:
     """Plain sentences about inputs the model cannot do much with: silent sound, too few frames."""
     out = []
-    if not np.any(np.asarray(clip.audio)):
+    if silent(clip.audio):
         out.append(
-            f"the sound of {name} is silent (all zeros): the output sound is made up by the model from "
-            "the face alone"
+            f"the sound of {name} is silent (peak below -80 dBFS): the output sound is made up by the model "
+            "from the face alone"
         )
     if clip.n_frames < seq_len:
         out.append(
@@ -274,8 +282,8 @@ def audio_unscorable(clip: Clip) -> str | None:
     """Why STOI and SI-SDR against `clip`'s sound cannot be computed (None when they can)."""
     from avmdvae.evaluation.metrics import STOI_MIN_SECONDS
 
-    if not np.any(np.asarray(clip.audio)):
-        return "the clean sound is silent (all zeros)"
+    if silent(clip.audio):
+        return "the clean sound is silent (peak below -80 dBFS)"
     if clip.seconds < STOI_MIN_SECONDS:
         return f"the clip is {clip.seconds:.2f} s long, STOI needs at least {STOI_MIN_SECONDS:g} s"
     return None
@@ -305,6 +313,7 @@ __all__ = [
     "describe_corpus",
     "frame_errors",
     "input_problems",
+    "silent",
     "summarise",
     "warn",
 ]

@@ -4,8 +4,12 @@ sound gets the input's loudness back (issue 17)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,13 +19,13 @@ import torch
 from PIL import Image
 
 from avmdvae import audio as audio_mod
-from avmdvae import domain
+from avmdvae import domain, media
 from avmdvae.corpus import Corpus, PreprocessParams
 from avmdvae.manipulation.model import AVModel, Clip
 from avmdvae.training import checkpoint as ck
 from avmdvae.training import load_run
 from avmdvae.training.loop import RunOptions, train
-from avmdvae.training.tasks import VQVAETask
+from avmdvae.training.tasks import MDVAETask, VQVAETask
 from tests.test_training import make_corpus, tiny_config
 
 DATA = Path(__file__).parent / "data"
@@ -156,12 +160,12 @@ def test_silent_and_too_short_inputs_are_named(runs, caplog):
     result = domain.check_inputs(model, [silent])
     assert result.skipped == {"audio": domain.SILENT} and [c.modality for c in result.checks] == ["visual"]
     (line,) = warnings_of(caplog)  # 40 frames >= 30: long enough; the faces are in the domain
-    assert "the sound of silent.mp4 is silent (all zeros)" in line and "\n" not in line
+    assert "the sound of silent.mp4 is silent (peak below -80 dBFS)" in line and "\n" not in line
     short = Clip(clip.faces[:10], clip.power[:10], clip.audio[: audio_mod.num_samples_for(10, FPS)], FPS, "s.mp4")
     caplog.clear()
     domain.check_inputs(model, [short])
     assert any("s.mp4 has 10 frames, fewer than the model's window of 30 frames" in ln for ln in warnings_of(caplog))
-    assert domain.audio_unscorable(silent) == "the clean sound is silent (all zeros)"
+    assert domain.audio_unscorable(silent) == "the clean sound is silent (peak below -80 dBFS)"
     assert "STOI needs at least 0.4 s" in domain.audio_unscorable(short)
     assert domain.audio_unscorable(clip) is None
 
@@ -182,3 +186,46 @@ def test_decoded_sound_gets_the_input_loudness_back_without_clipping():
     scaled, gain = audio_mod.match_loudness(wave, loud)
     assert np.max(np.abs(scaled)) == pytest.approx(audio_mod.PEAK, rel=1e-4) and gain > 1
     assert audio_mod.match_loudness(plain, np.zeros(10))[1] == 1.0  # silent input: left as decoded
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "avmdvae", *args, "--threads", "1", "-q"], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_manipulation_commands_warn_once_in_plain_words(runs, tmp_path):
+    """resynth / swap / denoise through the CLI: one warning line for an out-of-domain input, none for an
+    in-domain one; a silent input is named; STOI of a too-short clip is 'not computable', never nan."""
+    md = runs.root / "mdvae"
+    if not md.exists():
+        train(MDVAETask(runs.corpus, runs.paths["audio"], runs.paths["visual"], tiny_config("mdvae")), md, QUIET)
+    videos = {}
+    for name, clip in (("same", corpus_clip(runs.corpus)), ("astro", astronaut_clip()), ("astro2", astronaut_clip(30))):
+        videos[name] = tmp_path / f"{name}.mp4"
+        media.write_av(videos[name], clip.faces, clip.audio)
+    same = corpus_clip(runs.corpus)
+    videos["silent"] = tmp_path / "silent.mp4"
+    media.write_av(videos["silent"], same.faces, np.zeros_like(same.audio))
+    videos["short"] = tmp_path / "short.mp4"
+    media.write_av(videos["short"], same.faces[:10], same.audio[: audio_mod.num_samples_for(10, FPS)])
+
+    def warnings(p: subprocess.CompletedProcess) -> list[str]:
+        assert p.returncode == 0, p.stderr
+        return [ln for ln in p.stderr.splitlines() if ln.startswith(("warning:", "note:"))]
+
+    assert warnings(_cli("resynth", str(videos["same"]), "-m", str(md), "-o", str(tmp_path / "a.mp4"))) == []
+    (line,) = warnings(_cli("resynth", str(videos["astro"]), "-m", str(md), "-o", str(tmp_path / "b.mp4")))
+    assert line.startswith("warning: this input is unlike what the model was trained on")
+    (line,) = warnings(_cli("swap", str(videos["astro"]), str(videos["astro2"]), "-f", "w", "-m", str(md),
+                            "-o", str(tmp_path / "c.mp4")))
+    assert "unlike what the model was trained on" in line
+    (line,) = warnings(_cli("resynth", str(videos["silent"]), "-m", str(md), "-o", str(tmp_path / "d.mp4")))
+    assert "the sound of silent.mp4 is silent" in line
+    p = _cli("denoise", str(videos["short"]), "-m", str(md), "-o", str(tmp_path / "e.mp4"), "--add-noise",
+             "audio:white:10", "--metrics", str(tmp_path / "m.json"))
+    lines = warnings(p)
+    assert any("STOI and SI-SDR not computable: the clip is 0.33 s long" in ln for ln in lines)
+    assert "nan" not in p.stdout.lower() and "NaN" not in (tmp_path / "m.json").read_text()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert "stoi" not in metrics["audio"]["after"] and "0.4 s" in metrics["audio"]["not_computable"]["stoi"]
