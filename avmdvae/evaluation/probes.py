@@ -99,29 +99,43 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 def learning_curve(x: np.ndarray, y: Sequence[Any], groups: Sequence[Any], ks: Sequence[int] = KS,
                    draws: int = DRAWS, seed: int = 0, test_fraction: float = TEST_FRACTION,
                    c: float = LOGREG_C) -> dict[str, Any]:
-    """Few-label linear probe: accuracy and macro-F1 vs k labelled clips per class.
+    """Few-label linear probe: accuracy, balanced accuracy and macro-F1 vs k labelled clips per class.
 
     Each draw holds out a random share of the speakers (probe-test set), then for every k samples
-    k clips of each class from the other speakers and fits the probe on those k * C clips. A k is
-    reported when, in at least half of the draws, every class has k clips among the training
-    speakers ("where the data allows"); "all" uses every clip of the training speakers.
-    Returns {"points": [{"k": k|"all", "accuracy": {mean, std, n}, "macro_f1": {...}}], "classes",
-    "chance": 1 / C, "draws"}.
+    k clips of each class from the other speakers and fits the probe on those k * C clips. The data
+    allows k up to `k_max`, the largest k for which, in at least half of the draws, every class has k
+    clips among the training speakers; the curve has every k of `ks` up to k_max, k_max itself, and
+    "all" (every clip of the training speakers).
+
+    Labels are often unbalanced (half the clips neutral): the reference for accuracy is then the
+    majority-class baseline (always answering the training speakers' most frequent class, scored on
+    the test speakers), and balanced accuracy (mean recall over classes, chance 1 / C) is the figure
+    that compares across label distributions.
+    Returns {"points": [{"k": k|"all", "accuracy": {mean, std, n}, "balanced_accuracy": {...},
+    "macro_f1": {...}}], "classes", "class_counts", "chance": 1 / C, "majority_baseline": {mean, std, n},
+    "majority_class", "k_max", "draws"}.
     """
     x = np.asarray(x, np.float64)
     y = np.asarray([str(v) for v in y])
     g = np.asarray([str(v) for v in groups])
-    classes = np.unique(y)
+    classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise ConfigError(f"a probe needs at least 2 classes, the data has {len(classes)}")
     rng = np.random.default_rng(seed)
-    per_k: dict[Any, tuple[list[float], list[float]]] = {k: ([], []) for k in [*ks, "all"]}
-    for _ in range(draws):
-        test = speaker_partition(g, rng, test_fraction)
+    tests = [speaker_partition(g, rng, test_fraction) for _ in range(draws)]
+    need = max(1, (draws + 1) // 2)
+    smallest = sorted((min(int(np.sum(y[~t] == cl)) for cl in classes) for t in tests), reverse=True)
+    k_max = smallest[need - 1]
+    grid = sorted({k for k in ks if k <= k_max} | ({k_max} if k_max >= 1 else set()))
+    per_k: dict[Any, tuple[list[float], list[float], list[float]]] = {k: ([], [], []) for k in [*grid, "all"]}
+    majority: list[float] = []
+    for test in tests:
         pool = np.flatnonzero(~test)
         te = np.flatnonzero(test)
+        values, n_pool = np.unique(y[pool], return_counts=True)
+        majority.append(float(np.mean(y[te] == values[np.argmax(n_pool)])))
         by_class = {cl: pool[y[pool] == cl] for cl in classes}
-        for k in [*ks, "all"]:
+        for k in [*grid, "all"]:
             if k == "all":
                 idx = pool
             else:
@@ -131,14 +145,17 @@ def learning_curve(x: np.ndarray, y: Sequence[Any], groups: Sequence[Any], ks: S
             if len(np.unique(y[idx])) < 2:
                 continue
             clf = fit_classifier(x[idx], y[idx], c)
-            acc, f1, _ = _scores(y[te], clf.predict(x[te]))
-            per_k[k][0].append(acc)
-            per_k[k][1].append(f1)
+            for store, value in zip(per_k[k], _scores(y[te], clf.predict(x[te])), strict=True):
+                store.append(value)
     points = []
-    for k, (accs, f1s) in per_k.items():
-        if len(accs) >= max(1, (draws + 1) // 2):
-            points.append({"k": k, "accuracy": _mean_std(accs), "macro_f1": _mean_std(f1s)})
-    return {"points": points, "classes": classes.tolist(), "chance": 1.0 / len(classes), "draws": draws}
+    for k, (accs, f1s, bals) in per_k.items():
+        if len(accs) >= need:
+            points.append({"k": k, "accuracy": _mean_std(accs), "balanced_accuracy": _mean_std(bals),
+                           "macro_f1": _mean_std(f1s)})
+    return {"points": points, "classes": classes.tolist(),
+            "class_counts": {str(cl): int(n) for cl, n in zip(classes, counts, strict=True)},
+            "chance": 1.0 / len(classes), "majority_baseline": _mean_std(majority),
+            "majority_class": str(classes[np.argmax(counts)]), "k_max": int(k_max), "draws": draws}
 
 
 def _folds(n: int, groups: np.ndarray | None, y: np.ndarray | None, folds: int,

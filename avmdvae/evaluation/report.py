@@ -112,25 +112,38 @@ def _plot_resynth(r: dict[str, Any], path: Path) -> Path:
 def _md_emotion(e: dict[str, Any]) -> str:
     out = [f"## Emotion recognition with few labels ({e['clips']} clips, {e['speakers']} speakers)\n",
            "Linear probes (logistic regression) trained on k labelled clips per class from some speakers, "
-           f"tested on the other speakers; mean ± std over {e['draws']} random draws.\n"]
+           f"tested on the other speakers; mean ± std over {e['draws']} random draws. k goes up to the largest "
+           "number of clips per class the training speakers have in at least half the draws. On unbalanced "
+           "labels compare accuracy with the majority-class baseline (always answering the most frequent "
+           "class), and balanced accuracy (mean recall over classes) with chance 1 / C.\n"]
     for target, t in e["targets"].items():
         out.append(f"### {target}\n")
         if "skipped" in t:
             out.append(f"Skipped: {t['skipped']}\n")
             continue
         reps = t["representations"]
-        ks = []
-        for curve in reps.values():
-            for p in curve["points"]:
-                if p["k"] not in ks:
-                    ks.append(p["k"])
-        for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        if not reps:
+            continue
+        first = next(iter(reps.values()))
+        ks = sorted({p["k"] for curve in reps.values() for p in curve["points"]},
+                    key=lambda k: (k == "all", k if k != "all" else 0))
+        counts = first.get("class_counts", {})
+        if counts:
+            out.append("Clips per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()) + ".\n")
+        n_classes = len(first["classes"])
+        base = first.get("majority_baseline")
+        headings = (
+            ("accuracy", f"accuracy (majority-class baseline {_ms(base)}, always '{first.get('majority_class')}')"
+             if base else "accuracy"),
+            ("balanced_accuracy", f"balanced accuracy (chance 1/{n_classes} = {_f(first['chance'])})"),
+            ("macro_f1", "macro-F1"),
+        )
+        for metric, label in headings:
             rows = []
             for name, curve in reps.items():
                 by_k = {p["k"]: p for p in curve["points"]}
-                rows.append([name] + [_ms(by_k[k][metric]) if k in by_k else "n/a" for k in ks])
-            chance = next(iter(reps.values()))["chance"] if reps else float("nan")
-            out.append(f"{label} (chance {_f(chance)}):\n")
+                rows.append([name] + [_ms(by_k[k].get(metric)) if k in by_k else "n/a" for k in ks])
+            out.append(f"{label}:\n")
             out.append(_table(["representation"] + [f"k={k}" for k in ks], rows))
     return "\n".join(out)
 
@@ -141,19 +154,22 @@ def _plot_emotion(e: dict[str, Any], path: Path) -> Path:
     n = max(1, len(targets))
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8), squeeze=False)
     for ax, (target, t) in zip(axes[0], targets, strict=False):
+        chance = None
         for i, (name, curve) in enumerate(t["representations"].items()):
-            pts = [p for p in curve["points"] if p["k"] != "all"]
+            chance = curve["chance"]
+            pts = [p for p in curve["points"] if p["k"] != "all" and "balanced_accuracy" in p]
             if not pts:
                 continue
             ks = [p["k"] for p in pts]
-            m = np.array([p["accuracy"]["mean"] for p in pts])
-            s = np.array([p["accuracy"]["std"] for p in pts])
+            m = np.array([p["balanced_accuracy"]["mean"] for p in pts])
+            s = np.array([p["balanced_accuracy"]["std"] for p in pts])
             ax.plot(ks, m, "o-", color=f"C{i}", label=name)
             ax.fill_between(ks, m - s, m + s, color=f"C{i}", alpha=0.15)
-            ax.axhline(curve["chance"], color="grey", ls=":", lw=1)
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance (1/{round(1 / chance)})")
         ax.set_xscale("log")
         ax.set_xlabel("labelled clips per class (k)")
-        ax.set_ylabel("accuracy (speaker-disjoint)")
+        ax.set_ylabel("balanced accuracy (speaker-disjoint)")
         ax.set_title(target)
         ax.legend(fontsize=7)
     return _save(fig, path)
