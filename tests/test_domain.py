@@ -102,6 +102,13 @@ def test_stage1_runs_record_their_validation_error_and_corpus(runs):
     assert visual["psnr_db"] == pytest.approx(10 * np.log10(1 / visual["median"]))
 
 
+def test_inference_copies_keep_the_reference(runs, tmp_path):
+    """slim_copy (how models/demo/ is made) keeps what the domain check needs."""
+    ck.slim_copy(runs.paths["visual"] / ck.BEST, tmp_path / "slim.pt")
+    kept = ck.load_checkpoint(tmp_path / "slim.pt")[domain.DOMAIN_KEY]
+    assert kept == ck.load_checkpoint(runs.paths["visual"] / ck.BEST)[domain.DOMAIN_KEY]
+
+
 def test_out_of_domain_input_is_measured_and_warned_once(runs, caplog):
     model = model_of(runs.paths)
     caplog.set_level(logging.WARNING, logger="avmdvae.domain")

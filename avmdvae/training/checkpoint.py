@@ -14,7 +14,8 @@ A checkpoint is a dict of tensors and plain containers only (loadable with weigh
     config (nested dict), corpus {"path", "params"}, stage1 {modality: {"run", "checkpoint", "sha256",
     "config"}}, model (state_dict), optimizer, scaler (or None), rng {"torch", "cuda"},
     epoch (epochs completed), step_in_epoch (global batches done in epoch `epoch`), step (global),
-    best_val, metrics {"train": {...}, "val": {...}}, versions {"torch", "avmdvae"}
+    best_val, metrics {"train": {...}, "val": {...}}, versions {"torch", "avmdvae"},
+    domain (stage 1: {"corpus": description, modality: validation error per frame}, avmdvae.domain)
 
 All writes are atomic (temporary file + rename), so a kill never leaves a truncated checkpoint.
 """
@@ -109,7 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 # What inference needs; everything else (optimizer moments, scaler, RNG) only serves resuming.
 INFERENCE_KEYS = ("format", "format_version", "kind", "modality", "config", "corpus", "stage1", "model",
-                  "epoch", "step", "best_val", "metrics", "versions")
+                  "epoch", "step", "best_val", "metrics", "domain", "versions")
 
 
 def slim_copy(src: str | Path, dst: str | Path, stage1_hashes: dict[str, str] | None = None) -> str:
