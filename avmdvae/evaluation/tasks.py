@@ -42,7 +42,7 @@ from avmdvae.models.dsae import DSAELatents
 from avmdvae.models.mdvae import Latents
 
 Progress = Callable[[str, int, int], None]  # (step name, done, total), as in avmdvae.manipulation
-TASKS = ("resynth", "emotion", "disentangle", "denoise")
+TASKS = ("resynth", "emotion", "disentangle", "denoise", "swap")  # swap: avmdvae.evaluation.swap
 MDVAE_NAME = "VQ-MDVAE"
 VQ_NAME = "VQ-VAE"
 # Default corruptions: SNRs spanning unintelligible (0 dB) to mild (20 dB); pixel noise from barely
@@ -634,6 +634,13 @@ class Evaluator:
         return {"clips": len(clips), "split": "test", "reference_audio": sorted(how),
                 "conditions": conditions,
                 "audio_output": "decoded power spectrogram with the noisy input's phase"}
+
+    # ------------------------------------------------------------------------------------ swap
+    def swap(self) -> dict[str, Any]:
+        """Swap fidelity against the generator's counterfactual (avmdvae.evaluation.swap.run)."""
+        from avmdvae.evaluation import swap as swap_mod
+
+        return swap_mod.run(self)
 
     # ------------------------------------------------------------------------------------ all
     def run(self, tasks: Sequence[str]) -> dict[str, Any]:

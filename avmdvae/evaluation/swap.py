@@ -1,0 +1,410 @@
+"""Swap fidelity against the generator's counterfactual (`avmdvae eval --tasks swap`).
+
+On a synthetic corpus the generator can render the true answer to "A with latent L from B"
+(`avmdvae.synth.counterfactual`). For each pair (A, B) of clips of different speakers and each L in
+w, zav, za, zv, all:
+
+    o = decode(combine(encode(A), encode(B), L))        the model's swap (B fitted by `stretch`)
+    r = decode(encode(A))                                the model's resynthesis of A
+    c = stage 1 (quantise + decode) of the counterfactual, cropped by the corpus front end: the best
+        a stage-2 model can do
+
+    fidelity = clip(1 - d(o, c) / d(r, c), -1, 1)        per modality the swap changes by design
+
+with d = mean squared error of the face crops (pixels in [0, 1]) for visual and the log-spectral
+distance (dB) for audio. 1: o is the counterfactual; 0: o is no closer to it than A's resynthesis
+(a no-op); negative: further away than a no-op (-1 = clipped floor). A modality the latent should
+not change (visual for za, audio for zv) has no fidelity (its counterfactual is A itself): there the
+report gives leakage = d(o, r) / d(o_all, r), how far the output moved relative to the model's own
+full swap (0 = untouched, 1 = as far as copying all of B).
+
+With the factor estimators of `avmdvae.evaluation.estimators` (trained on fresh generated clips,
+never on the model), the task also runs the factor-transfer swap test of
+`avmdvae.evaluation.disentangle` on o and, as its ceiling, on c, using only the estimators whose
+held-out R^2 >= 0.8 (accuracy >= 0.9 for labels).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avmdvae.errors import ConfigError
+from avmdvae.evaluation import disentangle as dis
+from avmdvae.evaluation import metrics as M
+
+SWAP_LATENTS = ("w", "zav", "za", "zv", "all")
+MODALITIES = ("audio", "visual")
+SCORE_MIN, SCORE_MAX = -1.0, 1.0
+SYNTH_MANIFEST = "synth.json"
+Progress = Callable[[str, int, int], None]
+
+
+def _noop(name: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class Media:
+    """Face crops (N, 64, 64, 3) uint8 and power spectrogram (N, F) of one clip."""
+
+    faces: np.ndarray
+    power: np.ndarray
+
+    def head(self, n: int) -> Media:
+        return Media(self.faces[:n], self.power[:n])
+
+
+# ------------------------------------------------------------------------------------------ distances
+def face_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared error of two face-crop sequences (pixels scaled to [0, 1]; common frames)."""
+    n = min(len(a), len(b))
+    x = np.asarray(a[:n], np.float64) / 255.0
+    y = np.asarray(b[:n], np.float64) / 255.0
+    return float(np.mean((x - y) ** 2))
+
+
+def audio_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Log-spectral distance (dB) of two power spectrograms (common frames)."""
+    return M.log_spectral_distance(a, b)
+
+
+def distance(modality: str, a: Media, b: Media) -> float:
+    return face_distance(a.faces, b.faces) if modality == "visual" else audio_distance(a.power, b.power)
+
+
+def fidelity(d_oc: float, d_rc: float, eps: float = 1e-12) -> float:
+    """clip(1 - d(o, c) / d(r, c), -1, 1); nan when r already equals c (nothing to measure)."""
+    if not np.isfinite(d_oc) or not np.isfinite(d_rc) or d_rc <= eps:
+        return float("nan")
+    return float(np.clip(1.0 - d_oc / d_rc, SCORE_MIN, SCORE_MAX))
+
+
+def affected(latent: str) -> tuple[str, ...]:
+    """Modalities a swap of `latent` changes by design ("all": both)."""
+    from avmdvae.synth.counterfactual import affected_modalities
+
+    return affected_modalities([latent])
+
+
+def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None = None) -> dict[str, Any]:
+    """One pair, one latent: {"fidelity": {modality: score}, "leakage": {modality: value}}."""
+    out: dict[str, dict[str, float]] = {"fidelity": {}, "leakage": {}}
+    for m in MODALITIES:
+        if m in affected(latent):
+            out["fidelity"][m] = fidelity(distance(m, o, c), distance(m, r, c))
+        elif o_all is not None:
+            den = distance(m, o_all, r)
+            out["leakage"][m] = distance(m, o, r) / den if den > 1e-12 else float("nan")
+    return out
+
+
+def _stats(values: Iterable[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "median": float(np.median(v)), "n": int(len(v))}
+
+
+def summarise(per_pair: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """per_pair: latent -> list of pair_scores dicts. Returns
+    {"swap_fidelity": {latent: {audio, visual, mean}} (floats: means over pairs; nan where the
+    modality is not affected; "mean" over the affected modalities), "fidelity_stats", "leakage"}."""
+    fid: dict[str, dict[str, float]] = {}
+    st: dict[str, dict[str, Any]] = {}
+    leak: dict[str, dict[str, Any]] = {}
+    for latent, rows in per_pair.items():
+        st[latent] = {m: _stats(r["fidelity"][m] for r in rows) for m in MODALITIES if m in affected(latent)}
+        leak[latent] = {m: _stats(r["leakage"][m] for r in rows if m in r["leakage"]) for m in MODALITIES
+                        if m not in affected(latent)}
+        fid[latent] = {m: st[latent][m]["mean"] if m in st[latent] else float("nan") for m in MODALITIES}
+        vals = [fid[latent][m] for m in st[latent] if np.isfinite(fid[latent][m])]
+        fid[latent]["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return {"swap_fidelity": fid, "fidelity_stats": st, "leakage": leak}
+
+
+# ------------------------------------------------------------------------------------ synthetic source
+def synth_source(source: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """(root, synth.json content) of the synthetic corpus a clip's source video belongs to, or None."""
+    p = Path(source)
+    for d in list(p.parents)[:8]:
+        f = d / SYNTH_MANIFEST
+        if f.is_file():
+            try:
+                desc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            if isinstance(desc, dict) and "options" in desc:
+                return d, desc
+    return None
+
+
+def clip_spec(truth: Mapping[str, np.ndarray], speaker_names: Sequence[str] | None = None) -> Any:
+    """The generator's ClipSpec of a clip from its truth (speaker name, emotion, intensity, sentence)."""
+    from avmdvae.synth.factors import ClipSpec
+
+    name = str(np.asarray(truth["speaker"]).reshape(-1)[0])
+    if speaker_names and name in speaker_names:
+        idx = list(speaker_names).index(name)
+    else:
+        try:
+            idx = int(name[1:]) - 1
+        except ValueError:
+            raise ConfigError(f"truth speaker {name!r} is not a synthetic speaker id (M001, W002, ...)") from None
+    return ClipSpec(idx, str(np.asarray(truth["emotion"]).reshape(-1)[0]),
+                    int(np.asarray(truth["intensity"]).reshape(-1)[0]),
+                    int(np.asarray(truth["sentence"]).reshape(-1)[0]))
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+@torch.no_grad()
+def stage1(model: Any, media: Media) -> Media:
+    """Quantise and decode every frame with the model's stage-1 VQ-VAEs (the ceiling of stage 2)."""
+    clip = model.clip_from_arrays(media.faces, media.power)
+    xa, xv = model.features(clip)
+    faces, power = [], []
+    dev = model.device
+    for a in range(0, len(xa), 256):
+        p = model.vq_audio.decode_feature(torch.from_numpy(np.ascontiguousarray(xa[a:a + 256])).to(dev))
+        power.append(p.float().cpu().numpy())
+        img = model.vq_visual.decode_feature(torch.from_numpy(np.ascontiguousarray(xv[a:a + 256])).to(dev))
+        faces.append(img.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return Media(np.concatenate(faces), np.concatenate(power))
+
+
+# ------------------------------------------------------------------------------------ factor transfer
+def transfers(estimate: Mapping[str, Any], truth_a: Mapping[str, np.ndarray], truth_b: Mapping[str, np.ndarray],
+              n_a: int, n_b: int) -> dict[str, float]:
+    """Transfer fraction per estimated factor of one output of 'A with something from B'."""
+    out: dict[str, float] = {}
+    idx = dis.resample_index(n_b, n_a)
+    for f in dis.FACTORS:
+        if f.name not in estimate or not all(k in truth_a and k in truth_b for k in f.keys):
+            continue
+        if f.kind == "class":
+            out[f.name] = dis.transfer_class(estimate[f.name], dis.clip_label(truth_a, f),
+                                             dis.clip_label(truth_b, f))
+        else:
+            e = np.asarray(estimate[f.name])[:n_a]
+            ya = dis.frame_targets(truth_a, f, n_a)[:len(e)]
+            yb = dis.frame_targets(truth_b, f, n_b)[idx][:len(e)]
+            out[f.name] = dis.transfer_regression(e, ya, yb)
+    return out
+
+
+def transfer_summary(trials: Mapping[str, list[dict[str, float]]], names: Sequence[str]) -> dict[str, Any]:
+    """dis.swap_score per latent; for "all" every factor is its own (transfer = mean s, leakage n/a)."""
+    out: dict[str, Any] = {}
+    for latent, rows in trials.items():
+        if latent == "all":
+            res = dis.swap_score(rows, "w", names)
+            vals = [v for v in res["per_factor"].values() if np.isfinite(v)]
+            t = float(np.mean(vals)) if vals else float("nan")
+            res.update(score=t, transfer=t, leakage=float("nan"), owned=list(names))
+            out[latent] = res
+        else:
+            out[latent] = dis.swap_score(rows, latent, names)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- task
+def pick_pairs(records: Sequence[Any], speakers: Sequence[str], n: int, seed: int) -> list[tuple[int, int]]:
+    """n (A, B) index pairs of clips of different speakers, deterministic in seed."""
+    rng = np.random.default_rng([seed, 16])
+    pairs: list[tuple[int, int]] = []
+    if len(set(speakers)) < 2:
+        return pairs
+    tries = 0
+    while len(pairs) < n and tries < 100 * n:
+        tries += 1
+        i, j = (int(x) for x in rng.choice(len(records), 2, replace=False))
+        if speakers[i] != speakers[j] and (i, j) not in pairs:
+            pairs.append((i, j))
+    return pairs
+
+
+def run(ev: Any, estimators: Any = "auto", n_train: int = 150, n_test: int = 40) -> dict[str, Any]:
+    """The "swap" task of an avmdvae.evaluation.tasks.Evaluator (its model, corpus, options, progress).
+
+    estimators: "auto" (load or fit the cached media estimators), a FactorEstimators, or None (skip
+    the factor-transfer part). Raises ConfigError when the corpus has no synthetic source.
+    """
+    from avmdvae.manipulation.model import FACTORS
+    from avmdvae.manipulation.swap import combine
+    from avmdvae.preprocess import make_cropper
+    from avmdvae.synth.counterfactual import counterfactual_clip
+
+    model, corpus, opt = ev.model, ev.corpus, ev.opt
+    progress: Progress = getattr(ev, "progress", _noop)
+    recs, truths, specs, speakers = [], [], [], []
+    found: tuple[Path, dict[str, Any]] | None = None
+    pool = corpus.split("test") or corpus.clips
+    for rec in pool:
+        if not (corpus.clip_dir(rec.clip_id) / "truth.npz").is_file():
+            continue
+        src = synth_source(rec.source)
+        if src is None:
+            continue
+        if found is None:
+            found = src
+        elif src[0] != found[0]:
+            continue
+        truth = corpus.truth(rec.clip_id)
+        if truth is None or not {"speaker", "emotion", "intensity", "sentence"} <= set(truth):
+            continue
+        recs.append(rec)
+        truths.append(truth)
+        speakers.append(rec.speaker)
+    if found is None or not recs:
+        raise ConfigError(f"corpus {corpus.root}: the swap task needs clips preprocessed from an `avmdvae synth` "
+                          "corpus that is still in place (its synth.json next to the videos), to render the "
+                          "counterfactuals")
+    root, desc = found
+    o = desc["options"]
+    seed, size = int(o["seed"]), int(o["size"])
+    if abs(float(o.get("fps", 30.0)) - float(corpus.params.fps)) > 1e-6:
+        raise ConfigError(f"corpus {corpus.root} was preprocessed at {corpus.params.fps:g} fps but the synthetic "
+                          f"source is at {o.get('fps')} fps: the counterfactuals would not line up")
+    names = [s["name"] for s in desc.get("speakers", []) if isinstance(s, dict) and "name" in s]
+    specs = [clip_spec(t, names) for t in truths]
+    pairs = pick_pairs(recs, speakers, opt.swap_pairs, opt.seed)
+    if not pairs:
+        raise ConfigError("the swap task needs clips of >= 2 speakers")
+    cropper = make_cropper(corpus.params)
+    fps = float(corpus.params.fps)
+
+    est = estimators
+    if isinstance(est, str):
+        from avmdvae.evaluation.estimators import load_or_fit
+
+        est = load_or_fit(o, corpus.params.to_dict(), cropper, n_train, n_test, progress=progress)
+
+    from avmdvae.evaluation.estimators import media_clip
+
+    per_pair: dict[str, list[dict[str, Any]]] = {k: [] for k in SWAP_LATENTS}
+    trials: dict[str, dict[str, list[dict[str, float]]]] = {"model": {k: [] for k in SWAP_LATENTS},
+                                                            "counterfactual": {k: [] for k in SWAP_LATENTS}}
+    regen: dict[str, list[float]] = {"face_mse": [], "lsd_db": []}
+    spk_cache: dict[int, Any] = {}
+    sen_cache: dict[int, Any] = {}
+    for p, (i, j) in enumerate(pairs):
+        ra, rb = recs[i], recs[j]
+        ma = Media(np.array(corpus.faces(ra.clip_id)), np.array(corpus.spec(ra.clip_id), np.float32))
+        mb = Media(np.array(corpus.faces(rb.clip_id)), np.array(corpus.spec(rb.clip_id), np.float32))
+        la = model.encode(model.clip_from_arrays(ma.faces, ma.power))
+        lb = model.encode(model.clip_from_arrays(mb.faces, mb.power))
+        dec_r = model.decode(la)
+        r = Media(dec_r.faces, dec_r.power)
+        outs: dict[str, Media] = {}
+        for latent in SWAP_LATENTS:
+            lat = combine(la, lb, FACTORS if latent == "all" else [latent])
+            d = model.decode(lat)
+            outs[latent] = Media(d.faces, d.power)
+        # regenerated A against the corpus' A (H.264 / AAC round trip, front end): a sanity check
+        cf0 = counterfactual_clip(seed, specs[i], specs[j], [], size, speakers=spk_cache, sentences=sen_cache)
+        m0 = media_clip(cf0.frames, cf0.audio, None, cropper, fps)
+        n0 = min(len(m0.faces), len(ma.faces))
+        regen["face_mse"].append(face_distance(m0.faces[:n0], ma.faces[:n0]))
+        regen["lsd_db"].append(audio_distance(ma.power[:n0], m0.power[:n0]))
+        for latent in SWAP_LATENTS:
+            cf = counterfactual_clip(seed, specs[i], specs[j], [latent], size, speakers=spk_cache,
+                                     sentences=sen_cache)
+            c_media = media_clip(cf.frames, cf.audio, None, cropper, fps)
+            c = stage1(model, Media(c_media.faces, c_media.power))
+            n = min(len(c.faces), len(r.faces), len(outs[latent].faces))
+            per_pair[latent].append(pair_scores(outs[latent].head(n), r.head(n), c.head(n), latent,
+                                                outs["all"].head(n)))
+            if est is not None:
+                na, nb = ra.n_frames, rb.n_frames
+                for kind, media in (("model", outs[latent]), ("counterfactual", c)):
+                    e = est.estimate(media.faces, media.power)
+                    trials[kind][latent].append(transfers(e, truths[i], truths[j], na, nb))
+        progress("swap fidelity", p + 1, len(pairs))
+    out: dict[str, Any] = {"pairs": len(pairs), "clips": len(recs), "synth_root": str(root), "length": "stretch",
+                           "score": "clip(1 - d(o, c) / d(r, c), -1, 1); d: face MSE (visual), "
+                                    "log-spectral distance in dB (audio)",
+                           **summarise(per_pair),
+                           "regeneration": {k: _stats(v) for k, v in regen.items()}}
+    if est is not None:
+        usable = [k for k, q in est.quality.items() if q.get("usable")]
+        factors = [f.name for f in dis.FACTORS
+                   if any(k in usable for k in ((f.name,) if f.kind == "class" or f.name == "f0" else f.keys))]
+        out["estimators"] = {"quality": est.quality, "usable": usable, "info": est.info,
+                             "thresholds": {"r2": _r2_min(), "accuracy": _acc_min()}}
+        out["factor_transfer"] = {
+            "factors": factors,
+            "model": transfer_summary(trials["model"], factors),
+            "counterfactual": transfer_summary(trials["counterfactual"], factors),
+        }
+    return out
+
+
+def _r2_min() -> float:
+    from avmdvae.evaluation.estimators import R2_MIN
+
+    return R2_MIN
+
+
+def _acc_min() -> float:
+    from avmdvae.evaluation.estimators import ACC_MIN
+
+    return ACC_MIN
+
+
+# -------------------------------------------------------------------------------------------- report
+def markdown(s: Mapping[str, Any]) -> str:
+    """The report.md section of the swap task's results (already JSON-cleaned: None for NaN)."""
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+    out = [f"## Swap fidelity against the counterfactual ({s['pairs']} pairs)\n",
+           "The generator renders the true \"A with latent L from B\" (c, through stage 1); the model's swap o "
+           "and its resynthesis of A r give fidelity = clip(1 − d(o, c) / d(r, c), −1, 1): 1 = the "
+           "counterfactual, 0 = no better than a no-op. d = face MSE (visual), log-spectral distance (audio). "
+           "Leakage (modality the latent should not change) = d(o, r) / d(o_all, r).\n"]
+    rows = []
+    for latent, v in s["swap_fidelity"].items():
+        lk = s.get("leakage", {}).get(latent, {})
+        rows.append([latent, f(v.get("audio")), f(v.get("visual")), f(v.get("mean")),
+                     ", ".join(f"{m} {f(x.get('mean'))}" for m, x in lk.items()) or "-"])
+    out.append(_table(["swapped", "audio", "visual", "mean", "leakage"], rows))
+    rg = s.get("regeneration", {})
+    if rg:
+        out.append(f"Regenerated A vs the corpus' A (codec and front end): face MSE "
+                   f"{f(rg.get('face_mse', {}).get('mean'))}, LSD {f(rg.get('lsd_db', {}).get('mean'))} dB.\n")
+    est = s.get("estimators")
+    if est:
+        out.append("Factor estimators (fresh generated clips, held out): "
+                   + ", ".join(f"{k} {q['metric']} {f(q['value'])}" for k, q in est["quality"].items())
+                   + f". Used (R² ≥ {est['thresholds']['r2']}, accuracy ≥ {est['thresholds']['accuracy']}): "
+                   + (", ".join(est["usable"]) or "none") + ".\n")
+        ft = s.get("factor_transfer", {})
+        if ft.get("factors"):
+            rows = []
+            for latent, m in ft["model"].items():
+                cf = ft["counterfactual"].get(latent, {})
+                rows.append([latent, f(m.get("score")), f(cf.get("score"))]
+                            + [f(m["per_factor"].get(x)) for x in ft["factors"]])
+            out.append("Factor transfer (swap score = transfer − leakage; the counterfactual column is the "
+                       "ceiling):\n")
+            out.append(_table(["swapped", "model", "counterfactual"] + ft["factors"], rows))
+    return "\n".join(out)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["MODALITIES", "Media", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec", "distance",
+           "face_distance", "fidelity", "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise",
+           "synth_source", "transfer_summary", "transfers"]
