@@ -429,3 +429,11 @@ def test_bf16_autocast_cpu() -> None:
         loss.backward()
         assert torch.isfinite(loss) and metrics["perplexity"] >= 1
         assert f.shape[-1] == vq.feature_dim
+
+
+def test_runs_from_before_standardisation_fail_with_a_clear_message() -> None:
+    from avmdvae.training.checkpoint import load_model_state
+
+    old = {k: v for k, v in MDVAE(MDVAEDims.tiny()).state_dict().items() if not k.startswith("norm.")}
+    with pytest.raises(ConfigError, match="train it again"):
+        load_model_state(MDVAE(MDVAEDims.tiny()), old, "old/best.pt")

@@ -221,6 +221,11 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: Path | str) -> None:
     """load_state_dict with shape mismatches reported as one line."""
+    if any(k.startswith("norm.") for k in model.state_dict()) and not any(k.startswith("norm.") for k in state_dict):
+        raise ConfigError(
+            f"checkpoint {where} is a stage-2 run from before avmdvae standardised its inputs (model core of "
+            "December 2026): it cannot be loaded any more; train it again with `avmdvae train mdvae` (or dsae)"
+        )
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
