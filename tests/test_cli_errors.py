@@ -128,6 +128,12 @@ def test_eval_demo_synth_refuse_unwritable_outputs(tmp_path: Path, monkeypatch: 
         _one_line_error(["synth", str(bad)], "cannot write OUT")
 
 
+def test_train_and_preprocess_refuse_unwritable_outputs(videos: tuple[Path, Path], tmp_path: Path) -> None:
+    for bad in _unwritable(tmp_path).values():
+        _one_line_error(["train", "vqvae", str(tmp_path), "--modality", "audio", "-o", str(bad)], "cannot write -o")
+        _one_line_error(["preprocess", str(videos[0]), str(bad), "--detector", "none"], "cannot write OUT")
+
+
 class StandIn:
     """Just enough of an AVModel for ops: clips of random frames, decode = identity."""
 
