@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Column
 
 from avmdvae.cli.app import command, console, err_console, train_app
 from avmdvae.cli.manipulate import ThreadsOpt
@@ -64,14 +65,17 @@ class _RichReporter(_Notes):
     validation, a transient bar per stage-1 feature cache."""
 
     def __init__(self) -> None:
+        # the step, epoch and ETA keep their width; the figures get the rest of the line (the full line
+        # is printed at each validation)
         self.bars = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=12)),
             BarColumn(bar_width=20),
-            MofNCompleteColumn(),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=console,
             transient=False,
+            expand=True,
         )
         self.run_bar: Any = None
         self.feature_bars: dict[str, Any] = {}
