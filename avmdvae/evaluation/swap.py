@@ -230,7 +230,7 @@ def pick_pairs(records: Sequence[Any], speakers: Sequence[str], n: int, seed: in
     return pairs
 
 
-def run(ev: Any, estimators: Any = "auto", n_train: int = 150, n_test: int = 40) -> dict[str, Any]:
+def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: int | None = None) -> dict[str, Any]:
     """The "swap" task of an avmdvae.evaluation.tasks.Evaluator (its model, corpus, options, progress).
 
     estimators: "auto" (load or fit the cached media estimators), a FactorEstimators, or None (skip
@@ -284,7 +284,8 @@ def run(ev: Any, estimators: Any = "auto", n_train: int = 150, n_test: int = 40)
     if isinstance(est, str):
         from avmdvae.evaluation.estimators import load_or_fit
 
-        est = load_or_fit(o, corpus.params.to_dict(), cropper, n_train, n_test, progress=progress)
+        sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+        est = load_or_fit(o, corpus.params.to_dict(), cropper, progress=progress, **sizes)
 
     from avmdvae.evaluation.estimators import media_clip
 

@@ -1,0 +1,152 @@
+"""Swap fidelity against the counterfactual (avmdvae.evaluation.swap) and the media factor estimators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avmdvae import audio as audio_mod
+from avmdvae.evaluation import estimators as E
+from avmdvae.evaluation import swap as S
+from avmdvae.face import FaceCropper
+from avmdvae.synth import ClipSpec
+from avmdvae.synth.counterfactual import counterfactual_clip
+
+SEED, SIZE = 0, 96
+A, B = ClipSpec(0, "neutral", 1, 2), ClipSpec(1, "sad", 3, 2)  # different speakers and lengths
+
+
+def _media(clip) -> S.Media:
+    """Identity 'stage 1': the rendered frames and the power spectrogram of the audio."""
+    power = audio_mod.power_spectrogram(torch.from_numpy(clip.audio), n_frames=len(clip.frames)).numpy()
+    return S.Media(clip.frames, power)
+
+
+@pytest.fixture(scope="module")
+def media() -> dict[str, S.Media]:
+    out = {"none": _media(counterfactual_clip(SEED, A, B, [], SIZE))}
+    for latent in S.SWAP_LATENTS:
+        out[latent] = _media(counterfactual_clip(SEED, A, B, [latent], SIZE))
+    return out
+
+
+def test_fidelity_formula() -> None:
+    assert S.fidelity(0.0, 2.0) == 1.0
+    assert S.fidelity(2.0, 2.0) == 0.0
+    assert S.fidelity(1.0, 2.0) == 0.5
+    assert S.fidelity(10.0, 2.0) == -1.0  # clipped
+    assert np.isnan(S.fidelity(1.0, 0.0))
+
+
+def test_perfect_swap_scores_one_no_op_zero_and_copying_b_below_one(media) -> None:
+    r = media["none"]  # a perfect resynthesis of A
+    for latent in S.SWAP_LATENTS:
+        c = media[latent]
+        perfect = S.pair_scores(c, r, c, latent, media["all"])
+        no_op = S.pair_scores(r, r, c, latent, media["all"])
+        copy_b = S.pair_scores(media["all"], r, c, latent, media["all"])
+        assert set(perfect["fidelity"]) == set(S.affected(latent)), latent
+        for m in S.affected(latent):
+            assert perfect["fidelity"][m] == 1.0, (latent, m)
+            assert no_op["fidelity"][m] == 0.0, (latent, m)
+            if latent == "all":
+                assert copy_b["fidelity"][m] == 1.0
+            else:
+                assert copy_b["fidelity"][m] < 1.0, (latent, m)
+        # the modality the latent should leave alone: untouched by the perfect swap, moved by copying B
+        for m, v in perfect["leakage"].items():
+            assert v == 0.0 and copy_b["leakage"][m] == 1.0, (latent, m)
+
+
+def test_summary_keys_and_means(media) -> None:
+    r = media["none"]
+    rows = {latent: [S.pair_scores(media[latent], r, media[latent], latent, media["all"])] * 2
+            for latent in S.SWAP_LATENTS}
+    s = S.summarise(rows)
+    assert set(s["swap_fidelity"]) == set(S.SWAP_LATENTS)
+    for latent, v in s["swap_fidelity"].items():
+        assert set(v) == {"audio", "visual", "mean"} and v["mean"] == 1.0, latent
+    assert np.isnan(s["swap_fidelity"]["za"]["visual"]) and np.isnan(s["swap_fidelity"]["zv"]["audio"])
+    assert s["leakage"]["za"]["visual"]["mean"] == 0.0
+    json.dumps(s, allow_nan=True)
+
+
+def test_markdown_section(media) -> None:
+    r = media["none"]
+    rows = {latent: [S.pair_scores(r, r, media[latent], latent, media["all"])] for latent in S.SWAP_LATENTS}
+    md = S.markdown({"pairs": 1, **S.summarise(rows)})
+    assert "Swap fidelity" in md and "| zav |" in md
+
+
+def test_clip_spec_from_truth_and_synth_source(tmp_path) -> None:
+    truth = {"speaker": np.array("W002"), "emotion": np.array("sad"), "intensity": np.array(3),
+             "sentence": np.array(2)}
+    assert S.clip_spec(truth) == B
+    assert S.clip_spec(truth, ["M001", "W002"]) == B
+    (tmp_path / "synth.json").write_text(json.dumps({"options": {"seed": 3, "size": 96}}))
+    video = tmp_path / "W002" / "video" / "front" / "sad" / "level_3" / "002.mp4"
+    root, desc = S.synth_source(video)
+    assert root == tmp_path and desc["options"]["seed"] == 3
+    assert S.synth_source(tmp_path.parent / "elsewhere.mp4") is None
+
+
+def test_pairs_are_of_different_speakers_and_deterministic() -> None:
+    spk = ["a", "a", "b", "b", "c"]
+    p = S.pick_pairs(list(range(5)), spk, 6, seed=0)
+    assert len(p) == 6 and all(spk[i] != spk[j] for i, j in p)
+    assert p == S.pick_pairs(list(range(5)), spk, 6, seed=0)
+    assert S.pick_pairs(list(range(3)), ["a"] * 3, 4, 0) == []
+
+
+# ------------------------------------------------------------------------------------------ estimators
+def test_pitch_track_finds_the_fundamental_of_a_harmonic_spectrum() -> None:
+    sr, n = 16000, 16000
+    t = np.arange(n) / sr
+    for f0 in (95.0, 140.0, 220.0, 330.0):
+        x = sum((0.8 ** h) * np.sin(2 * np.pi * h * f0 * t) for h in range(1, 12)).astype(np.float32)
+        power = audio_mod.power_spectrogram(torch.from_numpy(x), n_frames=30).numpy()
+        st, sal = E.pitch_track(power[5:-5])
+        assert np.median(np.abs(st - 12 * np.log2(f0))) < 0.3, f0
+        st2, _ = E.pitch_track(power[5:-5], centre=float(12 * np.log2(f0)) + 5)
+        assert np.median(np.abs(st2 - 12 * np.log2(f0))) < 0.3, f0
+
+
+def test_estimators_fit_estimate_and_thresholds() -> None:
+    cropper = FaceCropper(detector="none")
+    clips = list(E.fresh_clips(SEED, 2, 4, SIZE, cropper, 30.0, first_sentence=500))
+    assert all(c.faces.shape[1:] == (64, 64, 3) and len(c.power) == len(c.faces) for c in clips)
+    est = E.FactorEstimators.fit(clips[:3], clips[3:], epochs=1)
+    assert set(E.VISUAL_KEYS) | {"f0", "speaker"} <= set(est.quality)
+    for q in est.quality.values():
+        assert q["usable"] == (q["value"] >= (E.ACC_MIN if q["metric"] == "accuracy" else E.R2_MIN))
+    c = clips[3]
+    full = est.estimate(c.faces, c.power, only_usable=False)
+    assert full["articulation"].shape == (len(c.faces), 2) and full["head_pose"].shape == (len(c.faces), 6)
+    assert full["f0"].shape == (len(c.faces), 1) and set(full["speaker"]) == {"M001", "W002"}
+    # only usable estimators: a key below the threshold is NaN, a factor with none is left out
+    est.quality = {k: {**q, "value": 0.0} for k, q in est.quality.items()}
+    assert est.estimate(c.faces, c.power) == {}
+    est.quality["blink"]["value"] = 0.95
+    got = est.estimate(c.faces, c.power)
+    assert set(got) == {"blink"} and np.isfinite(got["blink"]).all()
+
+
+def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def fake_fit(train, test, seed=0, progress=None):
+        calls.append(len(train))
+        est = E.FactorEstimators()
+        est.info = {"version": E.ESTIMATOR_VERSION}
+        return est
+
+    monkeypatch.setattr(E.FactorEstimators, "fit", staticmethod(fake_fit))
+    opts = {"seed": 0, "size": SIZE, "n_speakers": 2, "n_sentences": 1, "generator_version": 1}
+    params = {"fps": 30.0, "detector": "none", "face_size": 64}
+    cropper = FaceCropper(detector="none")
+    a = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
+    b = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
+    assert calls == [1] and isinstance(b, E.FactorEstimators) and a.info["cache"].startswith(str(tmp_path))
