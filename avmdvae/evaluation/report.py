@@ -3,7 +3,8 @@
     write_report(out_dir, results) -> list of written paths
 
 `results` is the dict built by avmdvae.evaluation.tasks (keys "meta", "resynth", "emotion",
-"disentangle", "denoise", "skipped"; any task may be absent). NaN / inf become null in the JSON.
+"disentangle", "denoise", "swap", "skipped"; any task may be absent; "swap" also writes its means
+as the top-level "swap_fidelity"). NaN / inf become null in the JSON.
 Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, denoise_<modality>.png,
 resynth.png. The files are written all or none (avmdvae.outputs): a failure while writing any of them
 leaves no partial report, and an earlier report in the folder stays as it was.
@@ -335,6 +336,11 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
             for mod in ("audio", "visual"):
                 if any(c["modality"] == mod for c in res["denoise"]["conditions"]):
                     plot(_plot_denoise, res["denoise"], f"denoise_{mod}.png", mod)
+        if "swap" in res:  # swap fidelity against the counterfactual (avmdvae.evaluation.swap)
+            from avmdvae.evaluation.swap import markdown as swap_markdown
+
+            md.append(swap_markdown(res["swap"]))
+            res["swap_fidelity"] = res["swap"]["swap_fidelity"]  # swap_fidelity.<latent>.<audio|visual|mean>
         if plots:
             md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
         res["plots"] = plots
