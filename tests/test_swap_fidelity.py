@@ -150,3 +150,16 @@ def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
     a = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
     b = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
     assert calls == [1] and isinstance(b, E.FactorEstimators) and a.info["cache"].startswith(str(tmp_path))
+
+
+def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:
+    from avmdvae.evaluation.report import write_report
+
+    r = media["none"]
+    rows = {latent: [S.pair_scores(media[latent], r, media[latent], latent, media["all"])]
+            for latent in S.SWAP_LATENTS}
+    write_report(tmp_path, {"swap": {"pairs": 1, **S.summarise(rows)}})
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["swap_fidelity"]["zav"]["audio"] == 1.0 and rep["swap_fidelity"]["zav"]["mean"] == 1.0
+    assert rep["swap_fidelity"]["za"]["visual"] is None  # not a modality z(a) should change
+    assert "Swap fidelity" in (tmp_path / "report.md").read_text()

@@ -245,7 +245,9 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
     progress: Progress = getattr(ev, "progress", _noop)
     recs, truths, specs, speakers = [], [], [], []
     found: tuple[Path, dict[str, Any]] | None = None
-    pool = corpus.split("test") or corpus.clips
+    test = corpus.split("test")
+    # held-out clips when the test split has >= 2 speakers, else every clip
+    pool = test if len({c.speaker for c in test}) >= 2 else corpus.clips
     for rec in pool:
         if not (corpus.clip_dir(rec.clip_id) / "truth.npz").is_file():
             continue
