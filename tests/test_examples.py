@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from avmdvae import media
+from avmdvae.models import build_model
 from avmdvae.training.config import resolve
-from avmdvae.training.tasks import build_model
 from tests.test_docs import parse_help
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ def test_example_config_trains_one_step(path: Path) -> None:
     if kind == "vqvae":
         loss = model.loss(batch[0])[0]
     else:
+        model.fit_input_stats({m: x.flatten(0, 1) for m, x in zip(model.modalities, batch, strict=True)})
         loss = model(*batch, beta=cfg["train"]["beta"], kl_weight=1.0, noise=None).loss
     assert math.isfinite(float(loss.detach()))
     loss.backward()

@@ -158,7 +158,7 @@ def test_config_yaml_overrides_and_types(tmp_path):
 
 
 def tasks_build_check(cfg: dict) -> None:
-    from avmdvae.training.tasks import build_model
+    from avmdvae.models import build_model
 
     build_model("vqvae", "visual", cfg)
 
@@ -299,7 +299,7 @@ def test_load_run_of_stage2_and_stage1_hash_check(corpus, stage1, tmp_path):
     vq = loaded.stage1_models()["visual"]
     x = torch.rand(2, loaded.config["model"]["seq_len"], 3, 64, 64)
     with torch.no_grad():
-        lat = loaded.model.encode(vq.feature(x))
+        lat = loaded.model.encode_sequence(vq.feature(x))
         assert lat.z.shape == (2, loaded.config["model"]["seq_len"], 5)
     # a stage-1 checkpoint that changed after stage 2 was trained is refused
     loaded.stage1["visual"] = {**ref, "sha256": "0" * 64}

@@ -31,6 +31,7 @@ import torch
 
 from avmdvae.atomic import atomic_path
 from avmdvae.errors import ConfigError
+from avmdvae.models import build_model
 
 CHECKPOINT_FORMAT = "avmdvae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -197,8 +198,6 @@ def stage1_checkpoint(checkpoint: Path, ref: dict[str, Any]) -> Path:
 
 def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Load RUN/best.pt (or `which="last"`, or a .pt file) -> model in eval mode + metadata."""
-    from avmdvae.training.tasks import build_model
-
     ckpt = checkpoint_path(path, which)
     state = load_checkpoint(ckpt, map_location="cpu")
     model = build_model(state["kind"], state["modality"], state["config"])

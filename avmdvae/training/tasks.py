@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from avmdvae.corpus import Corpus, FrameDataset, PreprocessParams
 from avmdvae.errors import ConfigError
+from avmdvae.models import build_model
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.config import MODALITIES
 from avmdvae.training.distributed import DistInfo, barrier, epoch_permutation
@@ -30,30 +31,6 @@ INIT_SAMPLE_FRAMES = 1024
 # Frames used to estimate the per-bin log-power statistics of the audio VQ-VAE input (8192 x 513 x
 # 4 B = 17 MB).
 STATS_SAMPLE_FRAMES = 8192
-
-
-def build_model(kind: str, modality: str | None, config: dict[str, Any]) -> nn.Module:
-    """The untrained model of a run from its config (used by the tasks and by load_run)."""
-    from avmdvae.models import config as mc
-
-    section = config["model"]
-    if kind == "vqvae":
-        from avmdvae.models.vqvae import AudioVQVAE, VisualVQVAE
-
-        if modality == "visual":
-            return VisualVQVAE(mc.VisualVQVAEDims.from_dict(section))
-        if modality == "audio":
-            return AudioVQVAE(mc.AudioVQVAEDims.from_dict(section))
-    elif kind == "mdvae":
-        from avmdvae.models.mdvae import MDVAE
-
-        return MDVAE(mc.MDVAEDims.from_dict(section))
-    elif kind == "dsae":
-        from avmdvae.models.dsae import DSAE
-
-        if modality in MODALITIES:
-            return DSAE(mc.DSAEDims.from_dict(section), modality)  # type: ignore[arg-type]
-    raise ConfigError(f"unknown model {kind!r} / modality {modality!r}: use vqvae, mdvae or dsae")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -154,24 +131,21 @@ def load_stage1(run: str | Path, modality: str, option: str) -> tuple[dict[str, 
     run = Path(run)
     if not run.exists():
         raise ConfigError(f"{option} {run} does not exist: pass the -o folder of `avmdvae train vqvae`")
-    path = ck.checkpoint_path(run, "best")
-    state = ck.load_checkpoint(path)
-    if state["kind"] != "vqvae":
-        raise ConfigError(f"{option} {run} is a {state['kind']} run, not a VQ-VAE: pass a `train vqvae` run")
-    if state["modality"] != modality:
+    loaded = ck.load_run(run)
+    if loaded.kind != "vqvae":
+        raise ConfigError(f"{option} {run} is a {loaded.kind} run, not a VQ-VAE: pass a `train vqvae` run")
+    if loaded.modality != modality:
         raise ConfigError(
-            f"{option} {run} is a {state['modality']} VQ-VAE, not {modality}: pass the {modality} VQ-VAE run"
+            f"{option} {run} is a {loaded.modality} VQ-VAE, not {modality}: pass the {modality} VQ-VAE run"
         )
-    model = build_model("vqvae", modality, state["config"])
-    ck.load_model_state(model, state["model"], path)
     ref = {
         "run": str(run.resolve()),
-        "checkpoint": str(path.resolve()),
-        "sha256": ck.sha256_file(path),
-        "config": state["config"],
-        "corpus_params": state["corpus"]["params"],
+        "checkpoint": str(loaded.checkpoint.resolve()),
+        "sha256": loaded.sha256,
+        "config": loaded.config,
+        "corpus_params": loaded.corpus["params"],
     }
-    return ref, model.eval()
+    return ref, loaded.model
 
 
 class _Stage2Task:
@@ -371,4 +345,4 @@ class DSAETask(_Stage2Task):
         return self._seq_loss(model, [batch[self.modality]], step, train)
 
 
-__all__ = ["DSAETask", "MDVAETask", "VQVAETask", "build_model", "load_stage1"]
+__all__ = ["DSAETask", "MDVAETask", "VQVAETask", "load_stage1"]
