@@ -163,3 +163,47 @@ def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:
     assert rep["swap_fidelity"]["zav"]["audio"] == 1.0 and rep["swap_fidelity"]["zav"]["mean"] == 1.0
     assert rep["swap_fidelity"]["za"]["visual"] is None  # not a modality z(a) should change
     assert "Swap fidelity" in (tmp_path / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ the task
+@pytest.mark.slow  # loads the shipped demo model; renders and crops 5 counterfactuals per pair
+def test_swap_task_end_to_end(tmp_path) -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from avmdvae.corpus import ClipRecord, Corpus, CorpusWriter, PreprocessParams
+    from avmdvae.manipulation.model import AVModel
+    from avmdvae.synth import make_clip
+    from avmdvae.synth.generate import SynthOptions, clip_paths, corpus_description
+
+    run = Path(__file__).resolve().parents[1] / "models" / "demo" / "mdvae"
+    if not (run / "best.pt").is_file():
+        pytest.skip("no shipped demo model")
+    opts = SynthOptions(n_speakers=2, n_sentences=1, emotions=("neutral",), levels=(1,), size=SIZE)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    (synth / "synth.json").write_text(json.dumps(corpus_description(opts)))
+    params = PreprocessParams(detector="none")
+    w = CorpusWriter(tmp_path / "corpus", params)
+    cropper = FaceCropper(detector="none")
+    for spk in range(2):
+        for sen in (1, 2):
+            spec = ClipSpec(spk, "neutral", 1, sen)
+            clip = make_clip(SEED, spec, SIZE)
+            m = E.media_clip(clip.frames, clip.audio, clip.truth, cropper, 30.0)
+            video = clip_paths(synth, spec, str(clip.truth["speaker"]))[0]
+            w.write_clip(ClipRecord(f"{spk}_{sen}", str(video), str(clip.truth["speaker"]), "neutral", 1, str(sen),
+                                    len(m.faces), "test"), m.faces, m.power, clip.truth)
+    w.rebuild_index()
+    model = AVModel.load(run, device="cpu")
+    ev = SimpleNamespace(model=model, corpus=Corpus.open(tmp_path / "corpus"),
+                         opt=SimpleNamespace(swap_pairs=2, seed=0))
+    res = S.run(ev, estimators=None)
+    assert res["pairs"] == 2 and res["clips"] == 4
+    fid = res["swap_fidelity"]
+    assert set(fid) == set(S.SWAP_LATENTS)
+    for latent, v in fid.items():
+        for m in S.affected(latent):
+            assert -1.0 <= v[m] <= 1.0, (latent, m)
+    assert res["regeneration"]["face_mse"]["mean"] < 1e-6  # same renderer, no codec in this corpus
+    assert set(res["leakage"]["za"]) == {"visual"} and set(res["leakage"]["zv"]) == {"audio"}
