@@ -28,6 +28,11 @@ features of real clips). For latent L, with owned(L) its factors above:
 
 Pairs where A and B have the same value of a factor carry no evidence about it (s undefined,
 skipped).
+
+The "swap" task (avmdvae.evaluation.swap) runs the same transfer fractions and swap score with
+estimators that read the media instead (avmdvae.evaluation.estimators: trained on freshly generated
+clips, independent of the model, used only where their held-out R^2 >= 0.8 / accuracy >= 0.9), on
+the model's swaps and on the generator's counterfactuals (the ceiling).
 """
 
 from __future__ import annotations
