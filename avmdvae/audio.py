@@ -15,10 +15,8 @@ import math
 import numpy as np
 import torch
 
-from avmdvae.media import MODEL_FPS, SAMPLE_RATE
+from avmdvae.constants import MODEL_FPS, N_FFT, SAMPLE_RATE
 
-N_FFT = 1024  # window length: 64 ms * 16_000 Hz = 1024 samples
-N_BINS = N_FFT // 2 + 1  # 513 one-sided frequency bins (0 .. 8 kHz, 15.625 Hz apart)
 HALF = N_FFT // 2  # 512: frame k covers samples [centre - 512, centre + 512)
 # Periodic Hann window: w[512] = 1 sits on the frame centre; at 30 fps neighbouring windows
 # (533.33 samples apart) overlap by 1024 - 533 = 491 samples, so sum_k w^2 > 0 everywhere.

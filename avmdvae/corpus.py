@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avmdvae.atomic import atomic_path, pid_alive, save_npy, write_json, write_text
+from avmdvae.constants import FACE_SIZE, MODALITIES, MODEL_FPS, N_FFT, SAMPLE_RATE
 from avmdvae.errors import CorpusError
 
 try:
@@ -49,7 +50,6 @@ except ImportError:  # not POSIX: corpora are not locked
 
 CORPUS_FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
-MODALITIES = ("audio", "visual")
 
 CORPUS_FILE = "corpus.json"
 MANIFEST_FILE = "manifest.csv"
@@ -83,10 +83,10 @@ PARAM_OPTIONS = {"fps": "--fps", "detector": "--detector"}
 class PreprocessParams:
     """Everything that determines the content of a corpus' arrays."""
 
-    fps: float = 30.0  # model frame rate: one face and one spectrogram row per 1/fps s
-    sample_rate: int = 16_000
-    n_fft: int = 1024  # 64 ms at 16 kHz -> n_fft // 2 + 1 = 513 bins
-    face_size: int = 64
+    fps: float = MODEL_FPS  # model frame rate: one face and one spectrogram row per 1/fps s
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = N_FFT  # 64 ms at 16 kHz -> n_fft // 2 + 1 = 513 bins
+    face_size: int = FACE_SIZE
     detector: str = "mtcnn"
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from avmdvae import atomic
+from avmdvae.constants import Progress, no_progress
 from avmdvae.errors import ConfigError
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -35,11 +36,7 @@ DEMO_CORPUS = {"n_speakers": 6, "n_sentences": 2, "emotions": ("neutral", "happy
                "levels": (3,)}
 
 Step = Callable[[str], None]
-Progress = Callable[[str, int, int], None]  # (task name, done, total), as in avmdvae.manipulation
 
-
-def _quiet(name: str, done: int, total: int) -> None:
-    pass
 
 
 @dataclass
@@ -127,7 +124,7 @@ def _source_video(clip: Any) -> Path:
     return Path(clip.source)
 
 
-def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = _quiet) -> DemoResult:
+def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = no_progress) -> DemoResult:
     from avmdvae.corpus import Corpus
     from avmdvae.evaluation.report import write_report
     from avmdvae.evaluation.tasks import EvalOptions, Evaluator

@@ -43,10 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avmdvae.constants import FACE_SIZE, MODEL_FPS
 from avmdvae.errors import NoFaceError
-from avmdvae.media import MODEL_FPS
-
-FACE_SIZE = 64  # model input side (pixels)
 
 # Crop side = face box size * (1 + 2 * DEFAULT_MARGIN): MTCNN boxes span brows to chin; 20 % more on
 # each side brings in the forehead, chin and jaw line that articulation moves.

@@ -28,10 +28,8 @@ import av.error
 import numpy as np
 
 from avmdvae.atomic import atomic_path
+from avmdvae.constants import MODEL_FPS, SAMPLE_RATE
 from avmdvae.errors import MediaError
-
-MODEL_FPS = 30.0  # the model's video clock (frames per second)
-SAMPLE_RATE = 16_000  # the model's audio clock (Hz); 16_000 / 30 = 533.33 samples per video frame
 
 # Tolerance when comparing a frame pts with a target time: 1/10_000 of an output frame period (3 us at
 # 30 fps). Larger than float rounding of pts * time_base, far smaller than any real frame interval

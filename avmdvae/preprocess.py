@@ -48,6 +48,7 @@ import torch
 from avmdvae import audio as audio_mod
 from avmdvae import media
 from avmdvae.atomic import pid_alive, sweep_stale_temps
+from avmdvae.constants import N_FFT, SAMPLE_RATE
 from avmdvae.corpus import SKIPPED_DIR, ClipRecord, CorpusWriter, PreprocessParams, is_corpus, lock_corpus
 from avmdvae.errors import AvmdvaeError, ConfigError, CorpusError, MediaError
 from avmdvae.face import FaceCropper
@@ -216,9 +217,9 @@ def prefetch(it: Iterator[Any], depth: int = PREFETCH_FRAMES) -> Iterator[Any]:
 
 
 def check_params(params: PreprocessParams) -> None:
-    if params.sample_rate != audio_mod.SAMPLE_RATE or params.n_fft != audio_mod.N_FFT:
-        raise ConfigError(f"this avmdvae computes spectrograms at {audio_mod.SAMPLE_RATE} Hz with n_fft="
-                          f"{audio_mod.N_FFT}; sample_rate={params.sample_rate}, n_fft={params.n_fft} "
+    if params.sample_rate != SAMPLE_RATE or params.n_fft != N_FFT:
+        raise ConfigError(f"this avmdvae computes spectrograms at {SAMPLE_RATE} Hz with n_fft="
+                          f"{N_FFT}; sample_rate={params.sample_rate}, n_fft={params.n_fft} "
                           "are not supported")
     if params.fps <= 0:
         raise ConfigError(f"--fps must be > 0, got {params.fps}")

@@ -19,6 +19,7 @@ import torch
 
 from avmdvae import audio as A
 from avmdvae import media
+from avmdvae.constants import N_FFT, SAMPLE_RATE
 
 
 def make_video(path: Path, width: int, height: int, n: int) -> None:
@@ -64,7 +65,7 @@ def main() -> None:
                 dt = timed(run, args.repeats)
                 print(f"decode {h}p max_side={max_side}: {args.frames / dt:7.1f} frames/s")
 
-    sr = A.SAMPLE_RATE
+    sr = SAMPLE_RATE
     x = torch.randn(60 * sr) * 0.1  # 60 s
     n = A.n_frames_for(len(x))
     dt = timed(lambda: A.power_spectrogram(x), args.repeats)
@@ -77,8 +78,8 @@ def main() -> None:
                args.repeats)
     print(f"griffin_lim 10 s, 64 iterations: {dt:.2f} s ({10 / dt:.1f}x real time)")
     # the same front end with torch.stft (integer hop 533: drifts, shown for speed reference only)
-    win = torch.hann_window(A.N_FFT)
-    dt = timed(lambda: torch.stft(x, A.N_FFT, 533, window=win, return_complex=True), args.repeats)
+    win = torch.hann_window(N_FFT)
+    dt = timed(lambda: torch.stft(x, N_FFT, 533, window=win, return_complex=True), args.repeats)
     print(f"torch.stft reference 60 s (hop 533): {dt * 1000:.1f} ms")
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_face import make_clip  # noqa: E402
 
 from avmdvae import media  # noqa: E402
+from avmdvae.constants import SAMPLE_RATE  # noqa: E402
 from avmdvae.corpus import PreprocessParams  # noqa: E402
 from avmdvae.manipulation import ops  # noqa: E402
 from avmdvae.manipulation.model import AVModel  # noqa: E402
@@ -51,12 +52,12 @@ def speech(seconds: float, seed: int) -> np.ndarray:
 
     out, k = [], 1
     spk = make_speaker(seed, seed)
-    while sum(len(x) for x in out) < seconds * media.SAMPLE_RATE:
+    while sum(len(x) for x in out) < seconds * SAMPLE_RATE:
         spec = ClipSpec(seed, "neutral", 1, k)
         tl = make_timeline(seed, spec, spk, make_sentence(seed, k))
         out.append(synthesize(tl, spk, spec.rng(seed, 1)))
         k += 1
-    return np.concatenate(out)[: int(seconds * media.SAMPLE_RATE)]
+    return np.concatenate(out)[: int(seconds * SAMPLE_RATE)]
 
 
 def main() -> None:
@@ -74,7 +75,9 @@ def main() -> None:
     media.write_av(b_path, frames[:, :, ::-1], speech(args.seconds, 1))
     del frames
     torch.manual_seed(0)
-    model = AVModel(MDVAE(), AudioVQVAE(), VisualVQVAE(), PreprocessParams(detector="mtcnn"))
+    mdvae = MDVAE()
+    mdvae.fit_input_stats({"audio": torch.randn(64, 512), "visual": torch.randn(64, 2048)})
+    model = AVModel(mdvae, AudioVQVAE(), VisualVQVAE(), PreprocessParams(detector="mtcnn"))
     model.cropper()  # load MTCNN once, as the CLI does before the work
     opts = ops.OutputOptions()
     r = args.repeats

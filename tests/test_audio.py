@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from avmdvae import audio as A
+from avmdvae.constants import N_BINS, N_FFT, SAMPLE_RATE
 
-SR = A.SAMPLE_RATE
+SR = SAMPLE_RATE
 
 
 def speechy(num_samples: int, seed: int = 0) -> torch.Tensor:
@@ -25,8 +26,8 @@ def speechy(num_samples: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_constants() -> None:
-    assert A.N_FFT == 1024 and A.N_BINS == 513 and SR == 16_000
-    assert A.N_FFT / SR == pytest.approx(0.064)  # 64 ms window
+    assert N_FFT == 1024 and N_BINS == 513 and SR == 16_000
+    assert N_FFT / SR == pytest.approx(0.064)  # 64 ms window
 
 
 @pytest.mark.parametrize("fps", [30.0, 29.97, 25.0, 60.0])

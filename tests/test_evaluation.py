@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from avmdvae import media
 from avmdvae.cli import app
+from avmdvae.constants import SAMPLE_RATE
 from avmdvae.corpus import ClipRecord, CorpusWriter, PreprocessParams
 from avmdvae.errors import ConfigError
 from avmdvae.evaluation import disentangle as dis
@@ -243,7 +244,7 @@ def synth_env(tmp_path_factory):
         faces = render_clip(spk, tl, 64, spec.rng(SYNTH_SEED, STREAM_RENDER))
         wave = synthesize(tl, spk, spec.rng(SYNTH_SEED, STREAM_SPEECH))
         src = root / "src" / f"s{s}_{emo}_{j}.wav"
-        media.write_audio(src, wave, media.SAMPLE_RATE)
+        media.write_audio(src, wave, SAMPLE_RATE)
         power = audio_mod.power_spectrogram(torch.from_numpy(wave), n_frames=len(faces)).numpy()
         truth = {"speaker": np.array(f"s{s}"), "emotion": np.array(emo), "intensity": np.array(lv),
                  "sentence": np.array(j), **_truth(tl)}

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from avmdvae import media
 from avmdvae.cli import app
+from avmdvae.constants import SAMPLE_RATE
 from avmdvae.corpus import Corpus, PreprocessParams
 from avmdvae.errors import ConfigError, MediaError
 from avmdvae.layouts import Discovery, SourceClip
@@ -141,7 +142,7 @@ def _probe_av(path: Path) -> tuple[int, float, float]:
         assert c.streams.video and c.streams.audio
         n = sum(1 for _ in c.decode(c.streams.video[0]))
     a = media.read_audio(path)
-    return n, n / 30.0, len(a) / media.SAMPLE_RATE
+    return n, n / 30.0, len(a) / SAMPLE_RATE
 
 
 # ------------------------------------------------------------------------------------------- pure parts

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from avmdvae import media
+from avmdvae.constants import SAMPLE_RATE
 from avmdvae.errors import MediaError
 from tests._mediagen import H, W, clicks, encode, frame_index, index_frame
 
-SR = media.SAMPLE_RATE
+SR = SAMPLE_RATE
 CLICK_TIMES = [0.5, 1.0, 1.7]  # seconds after the start of the video
 
 

@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bars
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from avmdvae.constants import Progress
 from avmdvae.errors import AvmdvaeError
 from avmdvae.runtime import keep_freed_memory
 
@@ -90,16 +92,15 @@ def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> 
     return decorator
 
 
-ProgressFn = Callable[[str, int, int], None]  # (step name, done, total): the API's progress callback
 
 
 @contextlib.contextmanager
-def progress_bars(quiet: bool = False) -> Iterator[ProgressFn]:
+def progress_bars(quiet: bool = False) -> Iterator[Progress]:
     """A progress callback for the Python API that draws one rich bar per named step (on stderr)."""
     if quiet:
         yield lambda name, done, total: None
         return
-    bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+    bars = Bars(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err_console, transient=True)
     tasks: dict[str, Any] = {}
 

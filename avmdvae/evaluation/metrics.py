@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from avmdvae.constants import SAMPLE_RATE  # wideband PESQ is defined at 16 kHz only
 from avmdvae.errors import ConfigError, MediaError
 
-SAMPLE_RATE = 16_000  # model audio clock; wideband PESQ is defined at 16 kHz only
 PESQ_MAX = 4.644  # P.862.2 wideband MOS-LQO ceiling: the mapping of a perfect raw score 4.5
 PESQ_MIN_SECONDS = 0.25  # P.862 needs at least 1/4 s of signal to align and score
 STOI_MIN_SECONDS = 0.4  # pystoi: 30 frames of 256 samples at 10 kHz (384 ms) form one intermediate block

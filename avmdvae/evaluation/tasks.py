@@ -22,7 +22,7 @@ for the MDVAE, `UniModel` for a DSAE).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 
 from avmdvae import audio as audio_mod
 from avmdvae import media
+from avmdvae.constants import Progress, no_progress
 from avmdvae.corpus import ClipRecord, Corpus
 from avmdvae.errors import AvmdvaeError, ConfigError
 from avmdvae.evaluation import disentangle as dis
@@ -41,7 +42,6 @@ from avmdvae.manipulation.model import CHUNK, AVModel, Clip
 from avmdvae.models.dsae import DSAELatents
 from avmdvae.models.mdvae import Latents
 
-Progress = Callable[[str, int, int], None]  # (step name, done, total), as in avmdvae.manipulation
 TASKS = ("resynth", "emotion", "disentangle", "denoise", "swap")  # swap: avmdvae.evaluation.swap
 MDVAE_NAME = "VQ-MDVAE"
 VQ_NAME = "VQ-VAE"
@@ -55,9 +55,6 @@ DEFAULT_NOISE = (
 )
 GL_ITERS = 32  # Griffin-Lim iterations in resynth (the manipulation default is 64; halves the time)
 
-
-def _noop(name: str, done: int, total: int) -> None:
-    pass
 
 
 @dataclass
@@ -173,7 +170,7 @@ def _pool_z(z: np.ndarray) -> np.ndarray:
 
 class Evaluator:
     def __init__(self, model: AVModel, corpus: Corpus, dsae: dict[str, UniModel] | None = None,
-                 options: EvalOptions | None = None, progress: Progress = _noop) -> None:
+                 options: EvalOptions | None = None, progress: Progress = no_progress) -> None:
         self.model, self.corpus = model, corpus
         self.dsae = dsae or {}
         self.opt = options or EvalOptions()
@@ -190,7 +187,7 @@ class Evaluator:
     @classmethod
     def load(cls, run: str | os.PathLike[str], corpus: str | os.PathLike[str],
              dsae: dict[str, str | os.PathLike[str] | None] | None = None, options: EvalOptions | None = None,
-             device: str = "cpu", progress: Progress = _noop) -> Evaluator:
+             device: str = "cpu", progress: Progress = no_progress) -> Evaluator:
         from avmdvae.training.distributed import pick_device
 
         dev = pick_device(device)

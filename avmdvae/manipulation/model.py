@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,13 +37,12 @@ import torch
 from avmdvae import audio as audio_mod
 from avmdvae import media
 from avmdvae.atomic import atomic_path
+from avmdvae.constants import N_FFT, Progress, no_progress
 from avmdvae.corpus import PreprocessParams
 from avmdvae.errors import ConfigError, MediaError
 from avmdvae.models.mdvae import MDVAE, Latents
 
-Progress = Callable[[str, int, int], None]  # (step name, done, total)
 Modality = Literal["audio", "visual"]
-FACTORS = ("w", "zav", "za", "zv")
 
 CHUNK = 512  # frames per stage-1 / decoder batch (17 s at 30 fps; 512 x 2048 x 4 B = 4 MB of features)
 GL_CHUNK = 900  # frames per Griffin-Lim segment (30 s): bounds memory for long clips
@@ -54,9 +53,6 @@ FEATURE_MEAN_FILE = "feature_mean.npz"
 # 256 MB = about 25k frames (14 min at 30 fps) of 2048 + 512 float32 features.
 MAX_RAM_FEATURE_BYTES = 256 << 20
 
-
-def _noop(name: str, done: int, total: int) -> None:
-    pass
 
 
 @dataclass
@@ -171,7 +167,7 @@ class AVModel:
             self._cropper = make_cropper(self.params, device=str(self.device))
         return self._cropper
 
-    def read(self, video: str | os.PathLike[str], progress: Progress = _noop) -> Clip:
+    def read(self, video: str | os.PathLike[str], progress: Progress = no_progress) -> Clip:
         """Decode a video, crop its face track and compute its spectrogram (the corpus pipeline).
 
         Raises MediaError (no audio, unreadable, too short) or NoFaceError, one line each.
@@ -238,7 +234,7 @@ class AVModel:
 
     # ------------------------------------------------------------------------------------ features
     @torch.no_grad()
-    def features(self, clip: Clip, progress: Progress = _noop) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, clip: Clip, progress: Progress = no_progress) -> tuple[np.ndarray, np.ndarray]:
         """Stage-1 continuous features: (audio (N, Da), visual (N, Dv)) float32, computed in chunks."""
         if abs(clip.fps - self.fps) > 1e-6:
             raise ConfigError(
@@ -316,7 +312,7 @@ class AVModel:
 
     # ------------------------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode_features(self, xa: np.ndarray, xv: np.ndarray, progress: Progress = _noop) -> Latents:
+    def encode_features(self, xa: np.ndarray, xv: np.ndarray, progress: Progress = no_progress) -> Latents:
         """Posterior-mean latents of one clip's features (N, Da), (N, Dv): `MDVAE.encode_sequence`."""
         n = len(xa)
         if n == 0 or len(xv) != n:
@@ -332,7 +328,7 @@ class AVModel:
         clip: Clip,
         drop: Modality | None = None,
         impute_iters: int = 0,
-        progress: Progress = _noop,
+        progress: Progress = no_progress,
     ) -> Latents:
         """Clip -> Latents (batch 1). drop: infer everything from the other modality (module docstring)."""
         xa, xv = self.features(clip, progress)
@@ -353,7 +349,7 @@ class AVModel:
 
     # ------------------------------------------------------------------------------------ decoding
     @torch.no_grad()
-    def decode(self, lat: Latents, progress: Progress = _noop) -> Decoded:
+    def decode(self, lat: Latents, progress: Progress = no_progress) -> Decoded:
         """Latents (batch 1) -> faces (N, 64, 64, 3) uint8 and power spectrogram (N, 513), chunked."""
         n = lat.zav.shape[1]
         s = self.params.face_size
@@ -375,7 +371,7 @@ class AVModel:
         phase_from: np.ndarray | None = None,
         n_iter: int = audio_mod.GL_ITERS,
         seed: int = 0,
-        progress: Progress = _noop,
+        progress: Progress = no_progress,
         loudness_from: np.ndarray | None = None,
     ) -> np.ndarray:
         """Waveform (S,) float32 with S = round(N * 16000 / fps), from a power spectrogram (N, 513).
@@ -423,13 +419,13 @@ def _source_phase(padded: np.ndarray, a: int, b: int, fps: float) -> torch.Tenso
     Frame k is centred on sample round(k * sr / fps) of the clip, exactly as in `audio.stft`.
     """
     centers = audio_mod.frame_centers(b, fps)[a:]
-    lo, hi = int(centers[0]), int(centers[-1]) + audio_mod.N_FFT  # padded coordinates
+    lo, hi = int(centers[0]), int(centers[-1]) + N_FFT  # padded coordinates
     seg = padded[lo:hi]
     if len(seg) < hi - lo:
         seg = np.concatenate([seg, np.zeros(hi - lo - len(seg), np.float32)])
-    idx = (centers - lo)[:, None] + torch.arange(audio_mod.N_FFT)[None, :]
-    win = torch.hann_window(audio_mod.N_FFT, periodic=True)
-    return torch.angle(torch.fft.rfft(torch.from_numpy(seg)[idx] * win, n=audio_mod.N_FFT))
+    idx = (centers - lo)[:, None] + torch.arange(N_FFT)[None, :]
+    win = torch.hann_window(N_FFT, periodic=True)
+    return torch.angle(torch.fft.rfft(torch.from_numpy(seg)[idx] * win, n=N_FFT))
 
 
 def _segments(n: int, length: int, overlap: int) -> list[tuple[int, int]]:
@@ -485,7 +481,6 @@ __all__ = [
     "AVModel",
     "Clip",
     "Decoded",
-    "FACTORS",
     "Latents",
     "Progress",
     "hstack_iter",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avmdvae.constants import SAMPLE_RATE
 from avmdvae.errors import ConfigError
 
 BABBLE_TALKERS = 6  # talkers summed into babble (more than ~4 is no longer intelligible speech)
@@ -194,7 +195,7 @@ def corpus_voices(
                 continue
             used.add(int(i))
             try:
-                a = media.read_audio(c.source)[: int(max_seconds * media.SAMPLE_RATE)]
+                a = media.read_audio(c.source)[: int(max_seconds * SAMPLE_RATE)]
             except AvmdvaeError:
                 continue
             if np.any(a):

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from avmdvae import domain, media
+from avmdvae.constants import Progress, no_progress
 from avmdvae.errors import ConfigError
 from avmdvae.manipulation import noise as noise_mod
-from avmdvae.manipulation.model import AVModel, Clip, Decoded, Progress, _noop, hstack_iter, upscale_iter
+from avmdvae.manipulation.model import AVModel, Clip, Decoded, hstack_iter, upscale_iter
 from avmdvae.manipulation.sheets import SheetRow, image_format, write_sheet
 from avmdvae.manipulation.swap import check_factors, combine
 from avmdvae.manipulation.swap import interpolate as interp_latents
@@ -155,7 +156,7 @@ def resynth(
     video: str | os.PathLike[str],
     output: str | os.PathLike[str],
     opts: OutputOptions | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> Result:
     opts = opts or OutputOptions()
     out = check_paths(output, [video], opts)
@@ -174,7 +175,7 @@ def swap(
     output: str | os.PathLike[str],
     opts: OutputOptions | None = None,
     length: str = "stretch",
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> Result:
     """A's video with `factors` (subset of w, zav, za, zv) taken from B; A's length (swap.py)."""
     opts = opts or OutputOptions()
@@ -203,7 +204,7 @@ def interpolate(
     grid: str | os.PathLike[str] | None = None,
     opts: OutputOptions | None = None,
     length: str = "stretch",
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> Result:
     """Video: alpha goes linearly from 0 (A) at the first frame to 1 (B) at the last; grid: K rows."""
     opts = opts or OutputOptions()
@@ -301,7 +302,7 @@ def denoise(
     opts: OutputOptions | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     impute_iters: int = 0,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> Result:
     """Reconstruct with the help of the other modality; metrics vs the clean input when it is known.
 

@@ -13,22 +13,22 @@ from collections.abc import Iterable
 
 import torch
 
+from avmdvae.constants import MDVAE_LATENTS
 from avmdvae.errors import ConfigError
-from avmdvae.manipulation.model import FACTORS
 from avmdvae.models.mdvae import Latents
 
 LENGTH_MODES = ("stretch", "loop")
 
 
 def check_factors(factors: Iterable[str], length: str = "stretch") -> list[str]:
-    """Validated, de-duplicated factor names (in FACTORS order); ConfigError on unknown names/modes."""
+    """Validated, de-duplicated factor names (in MDVAE_LATENTS order); ConfigError on unknown names/modes."""
     names = set(factors)
-    unknown = names - set(FACTORS)
+    unknown = names - set(MDVAE_LATENTS)
     if unknown:
-        raise ConfigError(f"unknown factor(s) {', '.join(sorted(unknown))}: choose from {', '.join(FACTORS)}")
+        raise ConfigError(f"unknown factor(s) {', '.join(sorted(unknown))}: choose from {', '.join(MDVAE_LATENTS)}")
     if length not in LENGTH_MODES:
         raise ConfigError(f"unknown length mode {length!r}: use stretch or loop")
-    return [f for f in FACTORS if f in names]
+    return [f for f in MDVAE_LATENTS if f in names]
 
 
 def stretch(x: torch.Tensor, n: int, mode: str = "stretch") -> torch.Tensor:
@@ -70,7 +70,7 @@ def combine(a: Latents, b: Latents, factors: Iterable[str], length: str = "stret
     factors = set(check_factors(factors, length))
     n = a.zav.shape[1]
     parts = {}
-    for name in FACTORS:
+    for name in MDVAE_LATENTS:
         src = b if name in factors else a
         v = getattr(src, name)
         parts[name] = v if name == "w" else stretch(v, n, length)
@@ -88,7 +88,7 @@ def interpolate(
     target = combine(a, b, factors, length)
     n = a.zav.shape[1]
     out = {}
-    for name in FACTORS:
+    for name in MDVAE_LATENTS:
         va, vb = getattr(a, name), getattr(target, name)
         if name not in set(factors):
             out[name] = va

@@ -18,10 +18,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
-
-FACE_SIZE = 64  # face crops are 64x64 RGB (face.py)
-N_BINS = 513  # one-sided bins of a 1024-point FFT (audio.py)
 
 _D = TypeVar("_D", bound="_Dims")
 

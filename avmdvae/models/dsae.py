@@ -12,13 +12,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from avmdvae.constants import MODALITIES
 from avmdvae.errors import ConfigError
 from avmdvae.models.config import DSAEDims
 from avmdvae.models.layers import Chain, Standardize, StaticEncoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE
-
-DSAE_LATENTS = ("w", "z")
-MODALITIES = ("audio", "visual")
 
 
 class DSAELatents(NamedTuple):

@@ -33,7 +33,6 @@ from avmdvae.models.config import MDVAEDims
 from avmdvae.models.layers import Chain, Standardize, StaticEncoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
 
-MDVAE_LATENTS = ("w", "zav", "za", "zv")
 MDVAEOutput = SeqVAEOutput
 
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from avmdvae.constants import MODEL_FPS, SAMPLE_RATE
+
 # -------------------------------------------------------------------------------------- constants
 
-FPS = 30.0  # video clock; the ground-truth arrays are sampled at k / FPS
-SAMPLE_RATE = 16_000
+FPS = MODEL_FPS  # video clock; the ground-truth arrays are sampled at k / FPS
 CONTROL_RATE = 1000  # Hz: articulation / f0 / amplitude timelines are built on a 1 ms grid
 
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")  # MEAD

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import yaml
 
+from avmdvae.constants import MODALITIES
 from avmdvae.errors import ConfigError
 
 Kind = Literal["vqvae", "mdvae", "dsae"]
 KINDS: tuple[str, ...] = ("vqvae", "mdvae", "dsae")
-MODALITIES: tuple[str, ...] = ("audio", "visual")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from avmdvae.constants import MODALITIES
 from avmdvae.corpus import Corpus, FrameDataset, PreprocessParams
 from avmdvae.errors import ConfigError
 from avmdvae.models import build_model
 from avmdvae.training import checkpoint as ck
-from avmdvae.training.config import MODALITIES
 from avmdvae.training.distributed import DistInfo, barrier, epoch_permutation
 from avmdvae.training.features import FeatureProgress, FeatureWindows, compute_features
 
