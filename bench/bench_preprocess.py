@@ -1,4 +1,4 @@
-"""Preprocessing throughput (input video frames per second) and window-sampling throughput.
+"""Preprocessing throughput (input video frames per second).
 
 Measured side by side in one run, on generated talking-head videos (a drawn face moving slowly on a
 textured, slowly panning background, H.264 crf 23 + AAC, 30 fps):
@@ -11,8 +11,6 @@ textured, slowly panning background, H.264 crf 23 + AAC, 30 fps):
                  slow to run on a whole clip: MTCNN is timed on a subset of frames (--naive-frames,
                  evenly spread) and the per-frame cost extrapolated to the clip, plus the measured
                  full-resolution decode time and the same crop cost. Reported as such.
-* windows:       WindowDataset items (T=30 frames, audio + visual) from a memory-mapped corpus
-                 (random clips and starts, page cache warm), in frames per second.
 
 Usage:  .venv/bin/python bench/bench_preprocess.py [--repeats 3] [--seconds 10] [--write-docs]
 Figures are medians over --repeats runs. --write-docs replaces the "Preprocessing" section of
@@ -37,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from avmdvae import media
 from avmdvae import preprocess as pp
-from avmdvae.corpus import ClipRecord, Corpus, CorpusWriter, PreprocessParams, WindowDataset
+from avmdvae.corpus import PreprocessParams
 from avmdvae.face import FaceCropper
 from avmdvae.layouts import SourceClip
 
@@ -49,7 +47,6 @@ TARGETS = {"1080p": 60.0, "720p": 150.0}  # input frames/s (issue 2)
 # RAVDESS files are a few Mbit/s); decode cost grows with the bit rate.
 CRF = 23
 SPEEDUP_TARGET = 15.0  # x the per-frame full-resolution approach
-WINDOW_TARGET = 20_000.0  # frames/s
 
 
 # ------------------------------------------------------------------------------------------ media
@@ -188,31 +185,6 @@ def batch_throughput(path: Path, workdir: Path, copies: int, workers: int) -> fl
     return copies * media.probe(path).n_frames / wall
 
 
-def window_throughput(workdir: Path, n_clips: int, clip_frames: int, seconds: float) -> float:
-    root = workdir / "window_corpus"
-    if not (root / "manifest.csv").exists():
-        w = CorpusWriter(root, PreprocessParams())
-        rng = np.random.default_rng(0)
-        faces = rng.integers(0, 256, (clip_frames, 64, 64, 3), dtype=np.uint8)
-        spec = rng.random((clip_frames, 513), dtype=np.float32)
-        for i in range(n_clips):
-            rec = ClipRecord(f"c{i:04d}", "x.mp4", f"s{i % 10}", None, None, None, clip_frames, "train")
-            w.write_clip(rec, faces, spec)
-        w.rebuild_index()
-    ds = WindowDataset(Corpus.open(root), "train", length=30)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, len(ds), (10**6,), generator=g).tolist()
-    for i in idx[:200]:  # warm page cache / maps
-        ds[i]
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for i in idx[n:n + 100]:
-            ds[i]
-        n += 100
-    return n * 30 / (time.perf_counter() - t0)
-
-
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -270,15 +242,13 @@ def main() -> None:
               f"workers: {row['batch']:.1f} fps; naive full-res MTCNN: {row['naive']:.2f} fps "
               f"({row['naive_det_ms']:.0f} ms/frame detection); speed-up {row['speedup']:.0f}x "
               f"(target: {row['target']:.0f} fps, > {SPEEDUP_TARGET:.0f}x)", flush=True)
-    win = statistics.median(window_throughput(args.workdir, 100, 150, 2.0) for _ in range(args.repeats))
-    print(f"window sampling: {win:,.0f} frames/s (target {WINDOW_TARGET:,.0f})")
     load1 = os.getloadavg()[0]
     print(f"load average (1 min) at start / end: {load0:.1f} / {load1:.1f} on {cpus} CPUs")
     if args.write_docs:
-        write_docs(rows, win, args, cpus, (load0, load1))
+        write_docs(rows, args, cpus, (load0, load1))
 
 
-def write_docs(rows: list[dict], win: float, args: argparse.Namespace, cpus: int,
+def write_docs(rows: list[dict], args: argparse.Namespace, cpus: int,
                load: tuple[float, float]) -> None:
     docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
     cmd = ".venv/bin/python bench/bench_preprocess.py --write-docs"
@@ -331,8 +301,7 @@ def write_docs(rows: list[dict], win: float, args: argparse.Namespace, cpus: int
                f"not met under this load (best measured {max(r['preprocess'], r['batch']):.0f} fps; "
                f"idle-core capacity {r['capacity']:.0f} fps)")
             + f", > {SPEEDUP_TARGET:.0f}x naive: {'met' if r['speedup'] > SPEEDUP_TARGET else 'NOT met'}"
-            for r in rows) + f"; windows > {WINDOW_TARGET:,.0f} frames/s: "
-        + ("met" if win > WINDOW_TARGET else "NOT met") + ".",
+            for r in rows) + ".",
         "",
         "Where the time goes (CPU per input frame, from the table and profiles of `process_clip` with one "
         "torch thread): decoding is the floor (full-resolution decode column); the decoder's downscale to "
@@ -343,10 +312,6 @@ def write_docs(rows: list[dict], win: float, args: argparse.Namespace, cpus: int
         "audio and spectrogram about 1 ms. Two measures made the difference: one torch thread per "
         "process (two threads made MTCNN 5-10x slower in CPU time on this shared machine) and decoding "
         "in a background thread (`preprocess.prefetch`, +30-60 % on one clip when a core is free).",
-        "",
-        f"Window sampling (`WindowDataset`, T = 30, audio + visual, random clips and starts, memory-mapped "
-        f"corpus of 100 clips x 150 frames, page cache warm, one process): **{win:,.0f} frames/s** "
-        f"(target > {WINDOW_TARGET:,.0f}).",
         "",
     ]
     section = "\n".join(lines)

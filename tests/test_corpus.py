@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from avmdvae import corpus as corpus_mod
 from avmdvae.corpus import (
     CORPUS_FORMAT_VERSION,
     ClipRecord,
@@ -16,7 +15,6 @@ from avmdvae.corpus import (
     CorpusWriter,
     FrameDataset,
     PreprocessParams,
-    WindowDataset,
 )
 from avmdvae.errors import CorpusError
 
@@ -174,52 +172,6 @@ def test_truth_and_skipped(tmp_path):
     # a clip that succeeds later loses its skip record
     w.write_clip(ClipRecord("bad", "bad.mp4", "s", None, None, None, 4, "train"), faces, spec)
     assert w.skip_record("bad") is None
-
-
-def test_window_dataset(small_corpus):
-    c = Corpus.open(small_corpus)
-    ds = WindowDataset(c, "train", length=30)
-    # clip c (10 frames) is too short; a: 50 // 30 = 1 window, b: 31 // 30 = 1 window
-    assert ds.n_short == 1 and len(ds) == 2 and "1 clips shorter than 30" in ds.summary()
-    torch.manual_seed(0)
-    for i in range(len(ds)):
-        item = ds[i]
-        assert item["audio"].shape == (30, 513) and item["audio"].dtype == torch.float32
-        assert item["visual"].shape == (30, 64, 64, 3) and item["visual"].dtype == torch.uint8
-        s = item["start"]
-        n = c.clip(item["clip_id"]).n_frames
-        assert 0 <= s <= n - 30
-        # audio and visual windows come from the same frames
-        np.testing.assert_array_equal(item["audio"][:, 0].numpy(), np.arange(s, s + 30))
-        np.testing.assert_array_equal(item["visual"][:, 0, 0, 0].numpy(), np.arange(s, s + 30) % 256)
-    starts = {ds[0]["start"] for _ in range(40)}
-    assert len(starts) > 1  # random starts in training
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    assert batch["visual"].shape == (2, 30, 64, 64, 3) and batch["audio"].shape == (2, 30, 513)
-
-    val = WindowDataset(c, "validation", length=10, modalities=("audio",))
-    assert len(val) == 4 and [val[i]["start"] for i in range(4)] == [0, 10, 20, 30]
-    assert set(val[0]) == {"audio", "clip_id", "start"}
-    per = WindowDataset(c, "train", length=5, windows_per_clip=3)
-    assert len(per) == 9
-    with pytest.raises(CorpusError, match="shorter than 60 frames"):
-        WindowDataset(c, "validation", length=60)
-    with pytest.raises(CorpusError, match="unknown modality"):
-        WindowDataset(c, "train", modalities=("video",))
-
-
-def test_window_dataset_uses_few_file_handles(small_corpus, monkeypatch):
-    monkeypatch.setattr(corpus_mod, "MEMMAP_CACHE_SIZE", 2)
-    c = Corpus.open(small_corpus)
-    ds = WindowDataset(c, "train", length=5)
-    for i in range(len(ds)):
-        ds[i]
-    assert len(ds._cache._maps) <= 2
-    # pickling (spawned DataLoader workers) does not copy memory maps
-    import pickle
-
-    clone = pickle.loads(pickle.dumps(ds))
-    assert len(clone._cache._maps) == 0 and clone[0]["audio"].shape == (5, 513)
 
 
 def test_frame_dataset(small_corpus):

@@ -276,15 +276,6 @@ def train_settings(config: dict[str, Any]) -> TrainSettings:
     return TrainSettings(**config["train"])
 
 
-def data_settings(config: dict[str, Any]) -> DataSettings:
-    return DataSettings(**config["data"])
-
-
-def build_dims(dims_cls: type, section: dict[str, Any]) -> Any:
-    """Instantiate a dims dataclass (avmdvae.models.config) from the model section, validated."""
-    return dims_cls.from_dict(section)
-
-
 def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested configs."""
     keys = sorted(set(a) | set(b))

@@ -71,11 +71,6 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return info, device
 
 
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the n training items in `epoch`: a pure function of (seed, epoch). (n,) int64."""
     g = torch.Generator()
