@@ -29,18 +29,15 @@ import json
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from avmdvae.atomic import atomic_path, pid_alive, save_npy, write_json, write_text
-from avmdvae.constants import FACE_SIZE, MODALITIES, MODEL_FPS, N_FFT, SAMPLE_RATE
+from avmdvae.constants import FACE_SIZE, MODEL_FPS, N_FFT, SAMPLE_RATE
 from avmdvae.errors import CorpusError
 
 try:
@@ -65,11 +62,6 @@ LOCK_FILE = ".preprocess.lock"
 # '..'), no separator. Every id read from disk is checked against this before it becomes a path.
 CLIP_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
-# Open memory maps kept per dataset instance. Each np.memmap holds a file descriptor, so a corpus of
-# 30k clips cannot keep them all open (the usual soft limit is 1024 descriptors); 256 maps (128 clips
-# x 2 arrays) stay far below it. A miss re-opens the .npy (tens of microseconds, small next to copying
-# a window).
-MEMMAP_CACHE_SIZE = 256
 
 # Parameters whose mismatch makes a corpus unusable for a model (array shapes or time base change).
 # `detector` only records how the crops were made; it is compared when writing into an existing
@@ -612,106 +604,3 @@ class CorpusWriter:
         skipped = scan_skipped(self.root)
         write_text(self.root / SKIPPED_FILE, "".join(json.dumps(s, sort_keys=True) + "\n" for s in skipped))
         return len(records), len(skipped)
-
-
-def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
-    mods = tuple(modalities)
-    bad = [m for m in mods if m not in MODALITIES]
-    if bad or not mods:
-        raise CorpusError(f"unknown modality {bad[0] if bad else '(none)'}; use audio and/or visual")
-    return mods
-
-
-class _MemmapCache:
-    """Small LRU of open memory maps (see MEMMAP_CACHE_SIZE)."""
-
-    def __init__(self, corpus: Corpus, size: int | None = None):
-        self.corpus = corpus
-        self.size = MEMMAP_CACHE_SIZE if size is None else size
-        self._maps: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-    def get(self, clip_id: str, modality: str) -> np.ndarray:
-        key = (clip_id, modality)
-        m = self._maps.get(key)
-        if m is None:
-            m = self.corpus.spec(clip_id) if modality == "audio" else self.corpus.faces(clip_id)
-            self._maps[key] = m
-            if len(self._maps) > self.size:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(key)
-        return m
-
-    def clear(self) -> None:
-        self._maps.clear()
-
-
-class _MemmapDataset(Dataset):
-    """A dataset over a corpus that reads through a `_MemmapCache`. Pickling (for spawned DataLoader
-    workers) drops the open memory maps, which would otherwise be copied into the pickle; each worker
-    reopens them lazily."""
-
-    corpus: Corpus
-    _cache: _MemmapCache
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Do not pickle open memory maps (they would be copied into the pickle) for spawned workers.
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._cache = _MemmapCache(self.corpus)
-
-
-class FrameDataset(_MemmapDataset):
-    """Single frames of one modality over all clips of a split (stage-1 VQ-VAE training).
-
-    Item: {"audio": float32 tensor (513,)} or {"visual": uint8 tensor (64, 64, 3)}. Item i maps to a
-    clip through cumulative frame offsets. `gather(indices)` returns a whole batch at once, which is
-    much faster than collating single items.
-    """
-
-    def __init__(self, corpus: Corpus, split: str = "train", modality: str = "visual"):
-        (self.modality,) = _check_modalities([modality])
-        self.corpus = corpus
-        self.split = split
-        self.clips = [c for c in corpus.split(split) if c.n_frames > 0]
-        if not self.clips:
-            raise CorpusError(f"split {split!r} of corpus {corpus.root} has no clips; "
-                              f"`avmdvae info {corpus.root}` shows the splits")
-        self._offsets = np.concatenate([[0], np.cumsum([c.n_frames for c in self.clips])]).astype(np.int64)
-        self._cache = _MemmapCache(corpus)
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(clip index, frame index within the clip) of item `index`."""
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        c = int(np.searchsorted(self._offsets, index, side="right")) - 1
-        return c, index - int(self._offsets[c])
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        c, f = self.locate(index)
-        arr = self._cache.get(self.clips[c].clip_id, self.modality)
-        return {self.modality: torch.from_numpy(np.array(arr[f]))}
-
-    def gather(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Frames at `indices` stacked: (B, 513) float32 or (B, 64, 64, 3) uint8."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError("frame index out of range")
-        clip_idx = np.searchsorted(self._offsets, idx, side="right") - 1
-        order = np.argsort(clip_idx, kind="stable")
-        first = self._cache.get(self.clips[0].clip_id, self.modality)
-        out = np.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
-        for c in np.unique(clip_idx):
-            sel = order[clip_idx[order] == c]
-            arr = self._cache.get(self.clips[int(c)].clip_id, self.modality)
-            out[sel] = arr[idx[sel] - self._offsets[c]]
-        return torch.from_numpy(out)

@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avmdvae.corpus import ClipRecord, Corpus, CorpusWriter, FrameDataset, PreprocessParams  # noqa: E402
+from avmdvae.corpus import ClipRecord, Corpus, CorpusWriter, PreprocessParams  # noqa: E402
 from avmdvae.models import AudioVQVAE, AudioVQVAEDims, VisualVQVAE, VisualVQVAEDims  # noqa: E402
 from avmdvae.runtime import keep_freed_memory  # noqa: E402
+from avmdvae.training.datasets import FrameDataset  # noqa: E402
 from avmdvae.training.distributed import epoch_permutation  # noqa: E402
 
 BATCH = {"visual": 128, "audio": 256}  # models/vqvae-{visual,audio}.yaml

@@ -13,10 +13,10 @@ from avmdvae.corpus import (
     ClipRecord,
     Corpus,
     CorpusWriter,
-    FrameDataset,
     PreprocessParams,
 )
 from avmdvae.errors import CorpusError
+from avmdvae.training.datasets import FrameDataset
 
 PARAMS = PreprocessParams()
 
@@ -172,6 +172,20 @@ def test_truth_and_skipped(tmp_path):
     # a clip that succeeds later loses its skip record
     w.write_clip(ClipRecord("bad", "bad.mp4", "s", None, None, None, 4, "train"), faces, spec)
     assert w.skip_record("bad") is None
+
+
+def test_datasets_keep_few_memory_maps_and_never_pickle_them(small_corpus, monkeypatch):
+    import pickle
+
+    from avmdvae.training import datasets
+
+    monkeypatch.setattr(datasets, "MEMMAP_CACHE_SIZE", 2)
+    ds = FrameDataset(Corpus.open(small_corpus), "train", "audio")
+    ds.gather(range(len(ds)))  # three clips
+    assert len(ds._cache._maps) == 2
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone._cache._maps) == 0 and torch.equal(clone[55]["audio"], ds[55]["audio"])
+    assert torch.equal(ds[[55, 3]]["audio"], ds.gather([55, 3]))
 
 
 def test_frame_dataset(small_corpus):

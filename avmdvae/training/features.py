@@ -9,31 +9,25 @@ several stage-1 runs never mix and a retrained VQ-VAE gets fresh features)::
 
 Each file is written atomically, so an interrupted computation resumes where it stopped (finished
 clips are skipped). Under DDP each rank computes every W-th clip. Training then reads windows of
-T frames through memory maps (`FeatureWindows`), never loading the cache.
+T frames through memory maps (`training.datasets.FeatureWindows`), never loading the cache.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from avmdvae.atomic import save_npy, write_json
 from avmdvae.corpus import ClipRecord, Corpus
-from avmdvae.errors import CorpusError
 
 FEATURES_DIR = "features"
 HASH_CHARS = 16  # 64 bits of the sha256: no accidental collisions between a user's stage-1 runs
 # Frames encoded per forward pass: 512 visual frames at reference size take ~0.1 GB of activations.
 ENCODE_CHUNK = 512
-# Open memory maps per dataset (see corpus.MEMMAP_CACHE_SIZE: file descriptors are limited).
-MEMMAP_CACHE_SIZE = 256
 
 FeatureProgress = Callable[[str, int, int], None]  # (what, clips done, clips to do)
 
@@ -100,69 +94,3 @@ def compute_features(
     finally:
         vqvae.train(was_training)
     return out
-
-
-class FeatureWindows(Dataset):
-    """Windows of T consecutive frames of cached stage-1 features, for one corpus split.
-
-    Window starts of a clip: 0, hop, 2*hop, ... while the window fits (deterministic, so that data
-    order depends only on the sampler's (seed, epoch)). Clips shorter than T are left out.
-    `__getitem__` takes an index or a list of indices; a list returns a whole batch:
-    {modality: float32 tensor (B, T, D)} (no batch dim for a single index).
-    """
-
-    def __init__(
-        self,
-        corpus: Corpus,
-        split: str,
-        dirs: dict[str, Path],
-        length: int,
-        hop: int,
-    ) -> None:
-        self.corpus, self.split, self.dirs, self.length = corpus, split, dirs, int(length)
-        clips = corpus.split(split)
-        self.clips = [c for c in clips if c.n_frames >= self.length]
-        self.n_short = len(clips) - len(self.clips)
-        starts = [np.arange(0, c.n_frames - self.length + 1, hop, dtype=np.int64) for c in self.clips]
-        self._clip = np.concatenate(
-            [np.full(len(s), i) for i, s in enumerate(starts)] or [np.zeros(0)]
-        ).astype(np.int64)
-        self._start = np.concatenate(starts or [np.zeros(0, dtype=np.int64)])
-        self._maps: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
-        for c in self.clips:
-            for m, d in dirs.items():
-                if not feature_file(d, c.clip_id, m).is_file():
-                    raise CorpusError(
-                        f"feature cache {d} lacks {c.clip_id}.{m}.npy: delete {d} and train again "
-                        "to recompute it"
-                    )
-
-    def __len__(self) -> int:
-        return len(self._start)
-
-    def _map(self, c: int, modality: str) -> np.ndarray:
-        key = (c, modality)
-        m = self._maps.get(key)
-        if m is None:
-            m = np.load(feature_file(self.dirs[modality], self.clips[c].clip_id, modality), mmap_mode="r")
-            self._maps[key] = m
-            if len(self._maps) > MEMMAP_CACHE_SIZE:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(key)
-        return m
-
-    def __getitem__(self, index: int | Sequence[int]) -> dict[str, Any]:
-        single = isinstance(index, (int, np.integer))
-        idx = [int(index)] if single else [int(i) for i in index]
-        out: dict[str, Any] = {}
-        for m in self.dirs:
-            rows = [self._map(self._clip[i], m)[self._start[i] : self._start[i] + self.length] for i in idx]
-            batch = torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
-            out[m] = batch[0] if single else batch
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_maps"] = OrderedDict()  # never pickle open memory maps into DataLoader workers
-        return state

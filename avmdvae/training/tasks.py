@@ -9,7 +9,6 @@ the wrong kind, modality or shape, corpus preprocessed with other parameters tha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avmdvae.constants import MODALITIES
-from avmdvae.corpus import Corpus, FrameDataset, PreprocessParams
+from avmdvae.corpus import Corpus, PreprocessParams
 from avmdvae.errors import ConfigError
 from avmdvae.models import build_model
 from avmdvae.training import checkpoint as ck
+from avmdvae.training.datasets import FeatureWindows, FrameDataset
 from avmdvae.training.distributed import DistInfo, barrier, epoch_permutation
-from avmdvae.training.features import FeatureProgress, FeatureWindows, compute_features
+from avmdvae.training.features import FeatureProgress, compute_features
 
 # Frames used before step 0 to set the audio input normalisation and to initialise the codebooks
 # from encoder outputs (a fixed sample drawn from (seed), identical on every DDP rank).
@@ -39,19 +39,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def _corpus_info(corpus: Corpus) -> dict[str, Any]:
     return {"path": str(Path(corpus.root).resolve()), "params": corpus.params.to_dict()}
-
-
-class _Frames(Dataset):
-    """Single frames of one modality; `ds[list_of_indices]` -> {modality: (B, ...)} in one gather."""
-
-    def __init__(self, frames: FrameDataset) -> None:
-        self.frames = frames
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
-        return {self.frames.modality: self.frames.gather(list(index))}
 
 
 # ---------------------------------------------------------------------------------------------- stage 1
@@ -81,8 +68,8 @@ class VQVAETask:
                 f"--set model.n_bins={p.n_bins}"
             )
         d = config["data"]
-        self._train = _Frames(FrameDataset(self.corpus, d["train_split"], modality))
-        self._val = _Frames(FrameDataset(self.corpus, d["val_split"], modality))
+        self._train = FrameDataset(self.corpus, d["train_split"], modality)
+        self._val = FrameDataset(self.corpus, d["val_split"], modality)
 
     def build_model(self) -> nn.Module:
         return build_model(self.kind, self.modality, self.config)
