@@ -236,3 +236,17 @@ def test_manipulation_commands_warn_once_in_plain_words(runs, tmp_path):
     assert "nan" not in p.stdout.lower() and "NaN" not in (tmp_path / "m.json").read_text()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert "stoi" not in metrics["audio"]["after"] and "0.4 s" in metrics["audio"]["not_computable"]["stoi"]
+
+
+def test_the_shipped_demo_models_know_their_domain(runs, caplog):
+    """models/demo/ (drawn synthetic faces): a real face is flagged; the reference is found without the
+    demo's training corpus (stored in the checkpoints, or domain.json next to them)."""
+    from avmdvae.demo import SHIPPED
+
+    model = AVModel.load(SHIPPED / "mdvae")
+    caplog.set_level(logging.WARNING, logger="avmdvae.domain")
+    result = domain.check_inputs(model, [astronaut_clip()])
+    assert result.skipped == {} and "demo corpus" in result.corpus
+    assert "visual" in {c.modality for c in result.out_of_domain}
+    (line,) = warnings_of(caplog)
+    assert line.startswith("warning: this input is unlike what the model was trained on (the demo corpus")
