@@ -622,6 +622,11 @@ def test_progress_goes_to_a_file_as_complete_labelled_lines(corpus, tmp_path):
     assert lines.index(val[0]) < lines.index(steps[-1])  # printed as it happens, not at the end
     logged = train_lines(tmp_path / "run", "val")[0]
     assert logged["psnr_db"] == pytest.approx(10 * np.log10(1 / logged["rec"]))
+    # the run knows what it was trained on, and says so
+    info = CliRunner().invoke(app, ["info", str(tmp_path / "run")])
+    assert info.exit_code == 0, info.output
+    assert "trained on: corpus: 9 clips (1 test, 6 train, 2 validation) of 3 speakers" in info.output
+    assert "validation error per frame (visual): face MSE median" in info.output and " dB)" in info.output
 
 
 def test_max_steps_stops_cleanly_validated_saved_and_resumable(corpus, tmp_path):

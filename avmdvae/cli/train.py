@@ -121,17 +121,30 @@ def _reporter(quiet: bool) -> Reporter:
     return PlainReporter()
 
 
+class _Terminated(Exception):
+    """SIGTERM outside the training loop (start-up, stage-1 feature cache)."""
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Before and after the loop's own handling (start-up, feature cache), SIGTERM ends the command
-    like Ctrl-C: one line, no traceback."""
+def _sigterm_ends_cleanly(resume_command: str) -> Iterator[None]:
+    """Outside the loop's own handling (start-up, feature cache), SIGTERM ends the command with one
+    line and exit code 143, no traceback: what was written so far (cached features, checkpoints) is
+    complete and kept."""
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except _Terminated:
+        err_console.print(
+            f"[yellow]stopped by SIGTERM[/] before training started; what was written is complete. "
+            f"Start again with: {resume_command}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -157,14 +170,15 @@ def _run(
         torch.set_num_threads(max(1, threads))
     from avmdvae.training.loop import RunOptions, train
 
-    with _sigterm_as_interrupt():
+    resume_command = shlex.join(["avmdvae", "train", *resume_args, "-o", str(output), "--resume"]
+                                + (["--device", device] if device != "auto" else []))
+    with _sigterm_ends_cleanly(resume_command):
         task: Task = make_task()
         options = RunOptions(
             device=device, resume=resume, reporter=_reporter(quiet), max_steps=max_steps, time_limit=limit
         )
         result = train(task, output, options)
-    _finish(result, shlex.join(["avmdvae", "train", *resume_args, "-o", str(output), "--resume"]
-                               + (["--device", device] if device != "auto" else [])))
+    _finish(result, resume_command)
 
 
 def _overrides(
@@ -342,6 +356,17 @@ def run_summary(path: str | Path) -> str:
     lines.insert(1, f"  model: {state['kind']}" + (f" ({state['modality']})" if state["modality"] else ""))
     lines.append(f"  corpus: {state['corpus']['path']}")
     lines.append("    params: " + ", ".join(f"{k}={v}" for k, v in state["corpus"]["params"].items()))
+    known = state.get("domain") or {}
+    if known.get("corpus"):
+        lines.append(f"    trained on: {known['corpus']}")
+    for m in ("audio", "visual"):
+        if m in known:
+            ref = known[m]
+            psnr = f" (PSNR {ref['psnr_db']:.1f} dB)" if "psnr_db" in ref else ""
+            lines.append(
+                f"  validation error per frame ({m}): {ref['metric']} median {ref['median']:.4g}{psnr}, "
+                f"90th percentile {ref['p90']:.4g}, {ref['frames']} frames"
+            )
     for m, ref in state.get("stage1", {}).items():
         lines.append(f"  stage-1 {m}: {ref['checkpoint']} (sha256 {ref['sha256']}){_stage1_status(state_path, ref)}")
     for split in ("train", "val"):
