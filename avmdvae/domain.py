@@ -133,9 +133,10 @@ def corpus_reference(
 class ModalityCheck:
     modality: str
     metric: str
-    input_error: float  # median over the input's frames
+    input_error: float  # median over the frames of the input clip where it is largest
     reference_error: float  # the model's median validation error
     out_of_domain: bool
+    clip: str  # that clip's name
 
     @property
     def ratio(self) -> float:
@@ -144,11 +145,11 @@ class ModalityCheck:
     def describe(self) -> str:
         if self.modality == "visual":
             return (
-                f"faces: PSNR {_psnr(self.input_error):.1f} dB vs {_psnr(self.reference_error):.1f} dB "
+                f"faces of {self.clip}: PSNR {_psnr(self.input_error):.1f} dB vs {_psnr(self.reference_error):.1f} dB "
                 f"on its validation faces (MSE {self.ratio:.1f}x)"
             )
         return (
-            f"sound: log-spectral distance {self.input_error:.1f} dB vs {self.reference_error:.1f} dB "
+            f"sound of {self.clip}: log-spectral distance {self.input_error:.1f} dB vs {self.reference_error:.1f} dB "
             f"on its validation clips ({self.ratio:.1f}x)"
         )
 
@@ -225,13 +226,16 @@ def check(model: AVModel, clips: Sequence[Clip]) -> DomainCheck:
             skipped[modality] = why
             continue
         vq = model.vq_visual if modality == "visual" else model.vq_audio
-        errors = [
-            frame_errors(vq, modality, arr[_spaced(len(arr), INPUT_FRAMES)])
-            for arr in ((c.faces if modality == "visual" else c.power) for c in judged)
-        ]
-        err = float(np.median(np.concatenate(errors)))
+        errors = {  # median per clip: one clip unlike the training data is enough
+            _name(c): float(np.median(frame_errors(vq, modality, arr[_spaced(len(arr), INPUT_FRAMES)])))
+            for c, arr in ((c, c.faces if modality == "visual" else c.power) for c in judged)
+        }
+        worst = max(errors, key=errors.__getitem__)
+        err = errors[worst]
         checks.append(
-            ModalityCheck(modality, ref["metric"], err, ref["median"], err > OUT_OF_DOMAIN_RATIO * ref["median"])
+            ModalityCheck(
+                modality, ref["metric"], err, ref["median"], err > OUT_OF_DOMAIN_RATIO * ref["median"], worst
+            )
         )
     return DomainCheck(checks, skipped, corpus)
 
@@ -251,6 +255,10 @@ def warn(result: DomainCheck) -> None:
     elif not result.checks and any(k for k in result.skipped if result.skipped[k] != SILENT):
         reasons = "; ".join(v for v in result.skipped.values() if v != SILENT)
         log.warning(f"note: could not check whether the input is like the training data ({reasons})")
+
+
+def _name(clip: Clip) -> str:
+    return Path(clip.source).name or "the input"
 
 
 def silent(audio: np.ndarray) -> bool:
@@ -289,12 +297,11 @@ def audio_unscorable(clip: Clip) -> str | None:
     return None
 
 
-def check_inputs(model: AVModel, clips: Sequence[Clip], names: Sequence[str] | None = None) -> DomainCheck:
+def check_inputs(model: AVModel, clips: Sequence[Clip]) -> DomainCheck:
     """The checks manipulation makes before its work: silent sound and too-short clips (one warning
     line each), then `check` and `warn` (one line at most). Returns what `check` found."""
-    names = list(names or ([Path(c.source).name or "the input" for c in clips]))
-    for clip, name in zip(clips, names, strict=True):
-        for problem in input_problems(clip, model.seq_len, name):
+    for clip in clips:
+        for problem in input_problems(clip, model.seq_len, _name(clip)):
             log.warning(f"warning: {problem}")
     result = check(model, clips)
     warn(result)

@@ -215,7 +215,7 @@ def test_manipulation_commands_warn_once_in_plain_words(runs, tmp_path):
     videos["silent"] = tmp_path / "silent.mp4"
     media.write_av(videos["silent"], same.faces, np.zeros_like(same.audio))
     videos["short"] = tmp_path / "short.mp4"
-    media.write_av(videos["short"], same.faces[:10], same.audio[: audio_mod.num_samples_for(10, FPS)])
+    media.write_av(videos["short"], same.faces[:6], same.audio[: audio_mod.num_samples_for(6, FPS)])
 
     def warnings(p: subprocess.CompletedProcess) -> list[str]:
         assert p.returncode == 0, p.stderr
@@ -227,12 +227,16 @@ def test_manipulation_commands_warn_once_in_plain_words(runs, tmp_path):
     (line,) = warnings(_cli("swap", str(videos["astro"]), str(videos["astro2"]), "-f", "w", "-m", str(md),
                             "-o", str(tmp_path / "c.mp4")))
     assert "unlike what the model was trained on" in line
+    (line,) = warnings(_cli("interpolate", str(videos["astro"]), str(videos["same"]), "-f", "w", "--steps", "2",
+                            "-m", str(md), "-o", str(tmp_path / "i.mp4")))
+    assert "unlike what the model was trained on" in line
     (line,) = warnings(_cli("resynth", str(videos["silent"]), "-m", str(md), "-o", str(tmp_path / "d.mp4")))
     assert "the sound of silent.mp4 is silent" in line
     p = _cli("denoise", str(videos["short"]), "-m", str(md), "-o", str(tmp_path / "e.mp4"), "--add-noise",
              "audio:white:10", "--metrics", str(tmp_path / "m.json"))
     lines = warnings(p)
-    assert any("STOI and SI-SDR not computable: the clip is 0.33 s long" in ln for ln in lines)
+    assert any("short.mp4 has 6 frames, fewer than the model's window of 8 frames" in ln for ln in lines)
+    assert any("STOI and SI-SDR not computable: the clip is 0.20 s long" in ln for ln in lines)
     assert "nan" not in p.stdout.lower() and "NaN" not in (tmp_path / "m.json").read_text()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert "stoi" not in metrics["audio"]["after"] and "0.4 s" in metrics["audio"]["not_computable"]["stoi"]
