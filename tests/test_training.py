@@ -672,7 +672,9 @@ def test_warmups_longer_than_the_run_warn_and_the_kl_ramp_is_sized_from_the_run(
     assert any("KL warm-up (train.kl_warmup_steps=1000) is longer than the whole run" in n for n in notes)
 
 
-def test_sigterm_saves_the_step_says_where_and_how_to_resume(corpus, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_saves_the_step_says_where_and_how_to_resume(corpus, tmp_path, sig, code):
+    """A cluster's time limit (SIGTERM) or Ctrl-C: stop after the current step, keep it, say how to go on."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = _vq_args(corpus, run, "--epochs", "200", "--set", "train.log_every=1")
@@ -682,12 +684,12 @@ def test_sigterm_saves_the_step_says_where_and_how_to_resume(corpus, tmp_path):
         for line in proc.stdout:
             if line.startswith("step 3/"):
                 break
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 143
-    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert proc.returncode == code
+    assert f"stopped by {sig.name}" in err and "Traceback" not in err
     step = int(err.split("after step ")[1].split(":")[0])
     assert f"{run / 'last.pt'} holds that step" in " ".join(err.split())
     assert "--resume" in err and ck.load_checkpoint(run / "last.pt")["step"] == step >= 3
