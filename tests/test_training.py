@@ -693,3 +693,24 @@ def test_sigterm_saves_the_step_says_where_and_how_to_resume(corpus, tmp_path, s
     step = int(err.split("after step ")[1].split(":")[0])
     assert f"{run / 'last.pt'} holds that step" in " ".join(err.split())
     assert "--resume" in err and ck.load_checkpoint(run / "last.pt")["step"] == step >= 3
+
+
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(corpus, tmp_path):
+    """The state saved at a signal stop is a proper mid-epoch checkpoint (exact resume contract)."""
+    cfg = tiny_config("vqvae", "visual", "train.log_every=1")
+    train(VQVAETask(corpus, "visual", cfg), tmp_path / "full", QUIET)
+
+    class TermAt(Reporter):  # the cluster's SIGTERM arrives during step 3
+        def train(self, snap) -> None:
+            if snap.step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    opts = RunOptions(device="cpu", tensorboard=False, reporter=TermAt())
+    before = signal.getsignal(signal.SIGTERM)
+    res = train(VQVAETask(corpus, "visual", cfg), tmp_path / "part", opts)
+    st = ck.load_checkpoint(tmp_path / "part" / "last.pt")
+    assert res.stopped == "SIGTERM" and st["step"] == res.step >= 3 and st["step_in_epoch"] == res.step
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    train(VQVAETask(corpus, "visual", cfg), tmp_path / "part",
+          RunOptions(device="cpu", resume=True, progress=False, tensorboard=False))
+    assert_same_params(params_of(tmp_path / "full" / "last.pt"), params_of(tmp_path / "part" / "last.pt"))
