@@ -62,15 +62,15 @@ def gaussian_kl(mq: Tensor, lvq: Tensor, mp: Tensor | None = None, lvp: Tensor |
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor | None) -> Tensor:
-    """-log N(x; mean, e^logvar) summed over all but the batch dim -> (B,), at least float32; logvar (D,)
-    broadcasts over the last dim, None = unit variance."""
-    sq = (_wide(x) - _wide(mean)).pow(2)
+    """-log N(x; mean, e^logvar) summed over every element (a scalar, at least float32); logvar (D,) is
+    per last-dim feature, None = unit variance. The squared error is summed per feature first, so that
+    the big (..., D) tensors are read once forward and once backward."""
+    sq = (_wide(x) - _wide(mean)).pow(2).flatten(0, -2).sum(0)  # (D,)
+    n = x.numel() // x.shape[-1]  # elements per feature
     if logvar is None:
-        nll = 0.5 * (sq + LOG_2PI)
-    else:
-        lv = _wide(logvar)
-        nll = 0.5 * (sq * torch.exp(-lv) + lv + LOG_2PI)
-    return nll.flatten(1).sum(1)
+        return 0.5 * (sq.sum() + x.numel() * LOG_2PI)
+    lv = _wide(logvar)
+    return 0.5 * ((sq * torch.exp(-lv)).sum() + n * lv.sum() + x.numel() * LOG_2PI)
 
 
 class Standardize(nn.Module):
@@ -101,7 +101,8 @@ class Standardize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check()
-        return (x - self.mean) / self.std
+        inv = 1.0 / self.std
+        return torch.addcmul(-self.mean * inv, x, inv)  # (x - mean) / std in one pass
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * self.std + self.mean
@@ -163,7 +164,7 @@ class Chain(nn.Module):
     def posterior(self, a_t: Tensor, h: Tensor, parent_z: Tensor | None) -> tuple[Tensor, Tensor]:
         """a_t (B, P) this frame's context part, h (B, H), parent_z (B, Zp) -> (mean, logvar) (B, z)."""
         r = h if parent_z is None else torch.cat([h, parent_z], -1)
-        return self.post_out(torch.tanh(a_t + self.post_recurrent(r)))
+        return self.post_out(torch.tanh(torch.addmm(a_t, r, self.post_recurrent.weight.t())))  # a_t + R r
 
 
 @dataclass
@@ -191,7 +192,8 @@ def unroll(
     """
     first = next(iter(contexts.values()))
     B, T = first.shape[:2]
-    a = {n: c.context(contexts[n]) for n, c in chains.items()}
+    a = {n: c.context(contexts[n]).unbind(1) for n, c in chains.items()}  # per frame (B, P): one node, not T slices
+    noise = {n: e.unbind(1) for n, e in eps.items()}
     h = {n: state[n] if state is not None else first.new_zeros(B, c.hidden) for n, c in chains.items()}
     hs: dict[str, list[Tensor]] = {n: [] for n in chains}
     zs: dict[str, list[Tensor]] = {n: [] for n in chains}
@@ -200,8 +202,8 @@ def unroll(
     for t in range(T):
         z_t: dict[str, Tensor] = {}
         for n, c in chains.items():
-            mean, logvar = c.posterior(a[n][:, t], h[n], z_t[c.parent] if c.parent else None)
-            z_t[n] = reparameterize(mean, logvar, eps[n][:, t])
+            mean, logvar = c.posterior(a[n][t], h[n], z_t[c.parent] if c.parent else None)
+            z_t[n] = reparameterize(mean, logvar, noise[n][t])
             hs[n].append(h[n])
             zs[n].append(z_t[n])
             means[n].append(mean)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
 from avmdvae.models.layers import (
+    Standardize,
     StaticEncoder,
     gaussian_kl,
     gaussian_nll,
@@ -39,7 +40,8 @@ class SeqVAEOutput:
     terms: "rec_<modality>" (Gaussian NLL of the standardised features) and "kl_<latent>", each
            summed over frames and dims, mean over the batch.
     latents: the posterior samples used. posterior / prior: latent -> (mean, logvar) (w's prior N(0, I)).
-    recon: modality -> decoded mean in raw feature units (B, T, D), detached.
+    recon (property): modality -> decoded mean in raw feature units (B, T, D), detached; formed on demand
+    from the standardised means (`standardised_recon`) and the model's standardisations (`norm`).
     """
 
     loss: Tensor
@@ -48,7 +50,12 @@ class SeqVAEOutput:
     latents: NamedTuple
     posterior: dict[str, tuple[Tensor, Tensor]]
     prior: dict[str, tuple[Tensor, Tensor]]
-    recon: dict[str, Tensor] = field(default_factory=dict)
+    standardised_recon: dict[str, Tensor] = field(default_factory=dict)
+    norm: Mapping[str, Standardize] = field(default_factory=dict)
+
+    @property
+    def recon(self) -> dict[str, Tensor]:
+        return {m: self.norm[m].inverse(v) for m, v in self.standardised_recon.items()}
 
     def metrics(self) -> dict[str, Tensor]:
         """Detached scalars for logging: loss, elbo and every term."""
@@ -192,9 +199,9 @@ class SequenceVAE(nn.Module):
         means = self._decode(w, {n: o.z for n, o in ch.items()})
 
         nll = {m: gaussian_nll(y[m], means[m], self.obs_logvar[m] if self.obs_logvar else None) for m in y}
-        kl = {"w": gaussian_kl(w_mean, w_logvar).sum(1)}
-        kl.update({n: gaussian_kl(*o.post, *o.prior).sum((1, 2)) for n, o in ch.items()})
-        terms = {f"rec_{m}": v.mean() for m, v in nll.items()} | {f"kl_{k}": v.mean() for k, v in kl.items()}
+        kl = {"w": gaussian_kl(w_mean, w_logvar).sum()}
+        kl.update({n: gaussian_kl(*o.post, *o.prior).sum() for n, o in ch.items()})
+        terms = {f"rec_{m}": v / B for m, v in nll.items()} | {f"kl_{k}": v / B for k, v in kl.items()}
         rec = sum(terms[f"rec_{m}"] for m in nll)
         kls = sum(terms[f"kl_{k}"] for k in kl)
         weighted = sum(betas[k] * terms[f"kl_{k}"] for k in kl)
@@ -205,7 +212,8 @@ class SequenceVAE(nn.Module):
             latents=self.Latents(w, *(o.z for o in ch.values())),
             posterior={"w": (w_mean, w_logvar)} | {n: o.post for n, o in ch.items()},
             prior={"w": (torch.zeros_like(w_mean), torch.zeros_like(w_logvar))} | {n: o.prior for n, o in ch.items()},
-            recon={m: self.norm[m].inverse(v).detach() for m, v in means.items()},
+            standardised_recon={m: v.detach() for m, v in means.items()},
+            norm=self.norm,
         )
 
     # ---- inference on whole clips
