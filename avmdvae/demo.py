@@ -165,7 +165,7 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = no_prog
     outputs = {"resynthesis": [], "swap-w": ["w"], "swap-zav": ["zav"]}
     for name, factors in outputs.items():
         dec = model.decode(combine(lat_a, lat_b, factors) if factors else lat_a)
-        wave = model.to_audio(dec.power, n_iter=opts.gl_iters)
+        wave = model.to_audio(dec.power, n_iter=opts.gl_iters, loudness_from=clip_a.audio)
         files[name] = out / f"{name}.mp4"
         write_video(files[name], dec.faces, wave, model.fps, view, left=clip_a.faces)
         label = "A resynthesised" if not factors else f"A with {factors[0]} from B"
