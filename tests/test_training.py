@@ -714,3 +714,13 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(corpus, tmp_pat
     train(VQVAETask(corpus, "visual", cfg), tmp_path / "part",
           RunOptions(device="cpu", resume=True, progress=False, tensorboard=False))
     assert_same_params(params_of(tmp_path / "full" / "last.pt"), params_of(tmp_path / "part" / "last.pt"))
+
+
+def test_every_figure_is_labelled():
+    from avmdvae.training.progress import format_metrics
+
+    stage1 = format_metrics({"usage": 0.5, "rec": 0.01, "psnr_db": 20.0, "lr": 1e-3, "loss": 0.02}, "vqvae", "visual")
+    assert stage1 == "loss 0.02 | rec (face MSE) 0.01 | face PSNR 20.00 dB | codebook usage 50% | lr 0.001"
+    assert format_metrics({"rec": 0.4}, "vqvae", "audio") == "rec (Itakura-Saito) 0.4"
+    stage2 = format_metrics({"kl_w": 0.3, "rec_audio": 22.0, "elbo": -3.0}, "mdvae", None)
+    assert stage2 == "ELBO -3 | KL(w) 0.3 | rec audio (-log-lik.) 22"

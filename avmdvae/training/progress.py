@@ -42,6 +42,10 @@ def label(name: str, kind: str, modality: str | None) -> str:
     """The plain name of a logged metric, e.g. 'rec' of a visual VQ-VAE -> 'rec (face MSE)'."""
     if name == "rec" and kind == "vqvae" and modality in _REC:
         return _REC[modality]
+    if name.startswith("kl_") and name != "kl_weight":  # stage 2: KL divergence of one latent (nats)
+        return f"KL({name[3:]})"
+    if name.startswith("rec_"):  # stage 2: negative log-likelihood of one modality's features
+        return f"rec {name[4:]} (-log-lik.)"
     return _LABELS.get(name, name)
 
 
