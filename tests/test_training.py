@@ -655,16 +655,19 @@ def test_warmups_longer_than_the_run_warn_and_the_kl_ramp_is_sized_from_the_run(
     r = CliRunner().invoke(app, _vq_args(corpus, tmp_path / "vq", "-q", "--set", "train.warmup_steps=1000"))
     assert r.exit_code == 0, r.output
     assert "warm-up (train.warmup_steps=1000) is as long as the whole run" in " ".join(r.output.split())
-    cfg = tiny_config("mdvae", None, "train.kl_warmup_steps=-1")
-    assert defaults("mdvae")["train"]["kl_warmup_steps"] == -1  # the default: sized from the run
-    res = train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "md", QUIET)
-    stored = ck.load_checkpoint(tmp_path / "md" / "last.pt")["config"]["train"]["kl_warmup_steps"]
-    assert stored == round(0.2 * res.step)
     notes = []
 
     class Keep(Reporter):  # a reporter that keeps the notes
         def note(self, message: str) -> None:
             notes.append(message)
+
+    cfg = tiny_config("mdvae", None, "train.kl_warmup_steps=-1")
+    assert defaults("mdvae")["train"]["kl_warmup_steps"] == -1  # the default: sized from the run
+    res = train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "md",
+                RunOptions(device="cpu", tensorboard=False, reporter=Keep()))
+    stored = ck.load_checkpoint(tmp_path / "md" / "last.pt")["config"]["train"]["kl_warmup_steps"]
+    assert stored == round(0.2 * res.step)
+    assert f"the KL weight ramps up over the first {stored} steps, a fifth of this run" in notes[0]
 
     cfg = tiny_config("mdvae", None, "train.kl_warmup_steps=1000")
     train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "md2",

@@ -507,6 +507,10 @@ def _warmups(task: Task, s: TrainSettings, end_step: int, fresh: bool, reporter:
     train_cfg = task.config["train"]
     if task.kind != "vqvae" and train_cfg["kl_warmup_steps"] < 0 and fresh:
         train_cfg["kl_warmup_steps"] = max(1, round(KL_WARMUP_FRACTION * end_step))
+        reporter.note(
+            f"train.kl_warmup_steps not set: the KL weight ramps up over the first "
+            f"{train_cfg['kl_warmup_steps']} steps, a fifth of this run (stored in the run's config)"
+        )
     if s.warmup_steps >= end_step:
         reporter.note(
             f"the learning-rate warm-up (train.warmup_steps={s.warmup_steps}) is as long as the whole run "
