@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from avmdvae.constants import MODEL_FPS, N_FFT, SAMPLE_RATE
+from avmdvae.constants import MODEL_FPS, N_FFT, SAMPLE_RATE, Progress, no_progress
 
 HALF = N_FFT // 2  # 512: frame k covers samples [centre - 512, centre + 512)
 # Periodic Hann window: w[512] = 1 sits on the frame centre; at 30 fps neighbouring windows
@@ -26,6 +26,8 @@ HALF = N_FFT // 2  # 512: frame k covers samples [centre - 512, centre + 512)
 _WSUM_FLOOR = 1e-3
 
 GL_ITERS = 64  # default Griffin-Lim iterations
+GL_CHUNK = 900  # frames per inversion segment (30 s at 30 fps): bounds memory for long clips
+GL_OVERLAP = 16  # frames of cross-fade between inversion segments (0.53 s)
 GL_MOMENTUM = 0.99  # Perraudin, Balazs & Sondergaard (2013) "fast Griffin-Lim", alpha = 0.99
 
 
@@ -225,3 +227,84 @@ def match_loudness(wave: np.ndarray, reference: np.ndarray,
     peak = float(np.max(np.abs(wave)))
     gain = min(gain, PEAK / peak)
     return (wave * gain).astype(np.float32), gain
+
+
+def to_waveform(
+    power: np.ndarray,
+    fps: float = MODEL_FPS,
+    sample_rate: int = SAMPLE_RATE,
+    phase_from: np.ndarray | None = None,
+    n_iter: int = GL_ITERS,
+    seed: int = 0,
+    progress: Progress = no_progress,
+    loudness_from: np.ndarray | None = None,
+) -> np.ndarray:
+    """Waveform (S,) float32 with S = num_samples_for(N), from a power spectrogram (N, 513) of any length.
+
+    phase_from: a waveform whose STFT phase is used (the input clip: `--phase source`); None: fast
+    Griffin-Lim (n_iter iterations, deterministic given `seed`). Long spectrograms are inverted in
+    GL_CHUNK-frame segments cross-faded over GL_OVERLAP frames (bounded memory). loudness_from: the
+    input waveform, whose RMS the output is matched to (`match_loudness`, limited so nothing clips).
+    """
+    power = np.asarray(power, np.float32)
+    n = len(power)
+    out = np.zeros(num_samples_for(n, fps, sample_rate), np.float32)
+    gen = torch.Generator().manual_seed(seed)
+    name = "source phase" if phase_from is not None else "griffin-lim"
+    segs = _segments(n, GL_CHUNK, GL_OVERLAP)
+    if phase_from is not None:
+        padded = np.concatenate([np.zeros(HALF, np.float32), np.asarray(phase_from, np.float32)])
+    for i, (a, b) in enumerate(segs):
+        s0, s1 = num_samples_for(a, fps, sample_rate), num_samples_for(b, fps, sample_rate)
+        p = torch.from_numpy(power[a:b])
+        if phase_from is not None:
+            y = invert_with_phase(p, _source_phase(padded, a, b, fps), fps=fps, num_samples=s1 - s0)
+        else:
+            y = griffin_lim(p, fps=fps, n_iter=n_iter, num_samples=s1 - s0, generator=gen)
+        ov = num_samples_for(GL_OVERLAP, fps, sample_rate)
+        _crossfade_add(out, y.numpy().astype(np.float32), s0, i > 0, i < len(segs) - 1, ov)
+        progress(name, i + 1, len(segs))
+    if loudness_from is not None:
+        return match_loudness(out, loudness_from)[0]
+    return np.clip(out, -1.0, 1.0)
+
+
+def _source_phase(padded: np.ndarray, a: int, b: int, fps: float) -> torch.Tensor:
+    """STFT phase (b - a, 513) of frames [a, b) of a waveform given zero-padded by HALF on the left.
+
+    Frame k is centred on sample round(k * sr / fps) of the clip, exactly as in `audio.stft`.
+    """
+    centers = frame_centers(b, fps)[a:]
+    lo, hi = int(centers[0]), int(centers[-1]) + N_FFT  # padded coordinates
+    seg = padded[lo:hi]
+    if len(seg) < hi - lo:
+        seg = np.concatenate([seg, np.zeros(hi - lo - len(seg), np.float32)])
+    idx = (centers - lo)[:, None] + torch.arange(N_FFT)[None, :]
+    win = torch.hann_window(N_FFT, periodic=True)
+    return torch.angle(torch.fft.rfft(torch.from_numpy(seg)[idx] * win, n=N_FFT))
+
+
+def _segments(n: int, length: int, overlap: int) -> list[tuple[int, int]]:
+    """[a, b) frame segments of at most `length` covering [0, n), consecutive ones sharing `overlap`."""
+    if n <= length:
+        return [(0, n)]
+    out, a = [], 0
+    while True:
+        b = min(a + length, n)
+        out.append((a, b))
+        if b == n:
+            return out
+        a = b - overlap
+
+
+def _crossfade_add(out: np.ndarray, y: np.ndarray, s0: int, fade_in: bool, fade_out: bool, ov: int) -> None:
+    """Add segment y at s0 with linear fades over `ov` samples at the shared borders."""
+    y = y[: len(out) - s0].copy()
+    ov = min(ov, len(y) // 2)
+    if ov > 0:
+        ramp = (np.arange(ov, dtype=np.float32) + 0.5) / ov
+        if fade_in:
+            y[:ov] *= ramp
+        if fade_out:
+            y[-ov:] *= ramp[::-1]
+    out[s0 : s0 + len(y)] += y

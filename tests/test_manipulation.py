@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avmdvae import media
+from avmdvae.audio import _segments
 from avmdvae.cli import app
 from avmdvae.constants import SAMPLE_RATE
 from avmdvae.corpus import Corpus, PreprocessParams
@@ -22,7 +23,7 @@ from avmdvae.errors import ConfigError, MediaError
 from avmdvae.layouts import Discovery, SourceClip
 from avmdvae.manipulation import noise as noise_mod
 from avmdvae.manipulation import ops
-from avmdvae.manipulation.model import AVModel, Clip, _segments
+from avmdvae.manipulation.model import AVModel, Clip
 from avmdvae.manipulation.sheets import SheetRow, write_sheet
 from avmdvae.manipulation.swap import combine, interpolate, stretch
 from avmdvae.models.mdvae import Latents

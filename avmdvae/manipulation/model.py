@@ -37,7 +37,7 @@ import torch
 from avmdvae import audio as audio_mod
 from avmdvae import media
 from avmdvae.atomic import atomic_path
-from avmdvae.constants import N_FFT, Progress, no_progress
+from avmdvae.constants import Progress, no_progress
 from avmdvae.corpus import PreprocessParams
 from avmdvae.errors import ConfigError, MediaError
 from avmdvae.models.mdvae import MDVAE, Latents
@@ -45,8 +45,6 @@ from avmdvae.models.mdvae import MDVAE, Latents
 Modality = Literal["audio", "visual"]
 
 CHUNK = 512  # frames per stage-1 / decoder batch (17 s at 30 fps; 512 x 2048 x 4 B = 4 MB of features)
-GL_CHUNK = 900  # frames per Griffin-Lim segment (30 s): bounds memory for long clips
-GL_OVERLAP = 16  # frames of cross-fade between Griffin-Lim segments (0.53 s)
 STATS_FRAMES = 4096  # training frames averaged for the missing-modality feature mean
 FEATURE_MEAN_FILE = "feature_mean.npz"
 # Features of longer clips are kept in a temporary memory-mapped file instead of RAM:
@@ -374,107 +372,9 @@ class AVModel:
         progress: Progress = no_progress,
         loudness_from: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Waveform (S,) float32 with S = round(N * 16000 / fps), from a power spectrogram (N, 513).
-
-        phase_from: a waveform whose STFT phase is used (the input clip: `--phase source`); None:
-        fast Griffin-Lim (n_iter iterations, deterministic given `seed`). Long spectrograms are
-        inverted in GL_CHUNK-frame segments cross-faded over GL_OVERLAP frames (bounded memory).
-        loudness_from: the input waveform, whose RMS the output is matched to (the decoded sound is
-        8-10 dB quieter than its input; audio.match_loudness, limited so that nothing clips).
-        """
-        power = np.asarray(power, np.float32)
-        n = len(power)
-        fps, sr = self.fps, self.params.sample_rate
-        total = audio_mod.num_samples_for(n, fps, sr)
-        out = np.zeros(total, np.float32)
-        gen = torch.Generator().manual_seed(seed)
-        name = "source phase" if phase_from is not None else "griffin-lim"
-        segs = _segments(n, GL_CHUNK, GL_OVERLAP)
-        if phase_from is not None:
-            padded = np.concatenate(
-                [np.zeros(audio_mod.HALF, np.float32), np.asarray(phase_from, np.float32)]
-            )
-        for i, (a, b) in enumerate(segs):
-            s0 = audio_mod.num_samples_for(a, fps, sr)
-            s1 = audio_mod.num_samples_for(b, fps, sr)
-            p = torch.from_numpy(power[a:b])
-            if phase_from is not None:
-                phase = _source_phase(padded, a, b, fps)
-                y = audio_mod.invert_with_phase(p, phase, fps=fps, num_samples=s1 - s0)
-            else:
-                y = audio_mod.griffin_lim(p, fps=fps, n_iter=n_iter, num_samples=s1 - s0, generator=gen)
-            y = y.numpy().astype(np.float32)
-            _crossfade_add(
-                out, y, s0, i > 0, i < len(segs) - 1, audio_mod.num_samples_for(GL_OVERLAP, fps, sr)
-            )
-            progress(name, i + 1, len(segs))
-        if loudness_from is not None:
-            return audio_mod.match_loudness(out, loudness_from)[0]
-        return np.clip(out, -1.0, 1.0)
-
-
-def _source_phase(padded: np.ndarray, a: int, b: int, fps: float) -> torch.Tensor:
-    """STFT phase (b - a, 513) of frames [a, b) of a waveform given zero-padded by HALF on the left.
-
-    Frame k is centred on sample round(k * sr / fps) of the clip, exactly as in `audio.stft`.
-    """
-    centers = audio_mod.frame_centers(b, fps)[a:]
-    lo, hi = int(centers[0]), int(centers[-1]) + N_FFT  # padded coordinates
-    seg = padded[lo:hi]
-    if len(seg) < hi - lo:
-        seg = np.concatenate([seg, np.zeros(hi - lo - len(seg), np.float32)])
-    idx = (centers - lo)[:, None] + torch.arange(N_FFT)[None, :]
-    win = torch.hann_window(N_FFT, periodic=True)
-    return torch.angle(torch.fft.rfft(torch.from_numpy(seg)[idx] * win, n=N_FFT))
-
-
-def _segments(n: int, length: int, overlap: int) -> list[tuple[int, int]]:
-    """[a, b) frame segments of at most `length` covering [0, n), consecutive ones sharing `overlap`."""
-    if n <= length:
-        return [(0, n)]
-    out, a = [], 0
-    while True:
-        b = min(a + length, n)
-        out.append((a, b))
-        if b == n:
-            return out
-        a = b - overlap
-
-
-def _crossfade_add(out: np.ndarray, y: np.ndarray, s0: int, fade_in: bool, fade_out: bool, ov: int) -> None:
-    """Add segment y at s0 with linear fades over `ov` samples at the shared borders."""
-    y = y[: len(out) - s0].copy()
-    ov = min(ov, len(y) // 2)
-    if ov > 0:
-        ramp = (np.arange(ov, dtype=np.float32) + 0.5) / ov
-        if fade_in:
-            y[:ov] *= ramp
-        if fade_out:
-            y[-ov:] *= ramp[::-1]
-    out[s0 : s0 + len(y)] += y
-
-
-def upscale(faces: np.ndarray, size: int) -> np.ndarray:
-    """(N, s, s, 3) uint8 -> (N, size, size, 3) uint8 by bicubic resampling (PIL)."""
-    from PIL import Image
-
-    if faces.shape[1] == size:
-        return faces
-    out = np.empty((len(faces), size, size, 3), np.uint8)
-    for i, f in enumerate(faces):
-        out[i] = np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC))
-    return out
-
-
-def upscale_iter(faces: np.ndarray, size: int, chunk: int = 64) -> Iterator[np.ndarray]:
-    """Frames of `upscale`, one at a time (bounded memory for long clips)."""
-    for a in range(0, len(faces), chunk):
-        yield from upscale(faces[a : a + chunk], size)
-
-
-def hstack_iter(*streams: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    for frames in zip(*streams, strict=True):
-        yield np.concatenate(frames, axis=1)
+        """Waveform (S,) float32 of a power spectrogram (N, 513) at this model's clocks: `audio.to_waveform`."""
+        return audio_mod.to_waveform(power, self.fps, self.params.sample_rate, phase_from, n_iter, seed,
+                                     progress, loudness_from)
 
 
 __all__ = [
@@ -483,8 +383,5 @@ __all__ = [
     "Decoded",
     "Latents",
     "Progress",
-    "hstack_iter",
     "latents_slice",
-    "upscale",
-    "upscale_iter",
 ]

@@ -21,7 +21,7 @@ the input (A for swap/interpolate; the corrupted input for denoise, which is wha
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from avmdvae import domain, media
 from avmdvae.constants import Progress, no_progress
 from avmdvae.errors import ConfigError
 from avmdvae.manipulation import noise as noise_mod
-from avmdvae.manipulation.model import AVModel, Clip, Decoded, hstack_iter, upscale_iter
+from avmdvae.manipulation.model import AVModel, Clip, Decoded
 from avmdvae.manipulation.sheets import SheetRow, image_format, write_sheet
 from avmdvae.manipulation.swap import check_factors, combine
 from avmdvae.manipulation.swap import interpolate as interp_latents
@@ -357,3 +357,27 @@ def denoise(
             write_sheet(stage(opts.sheet), rows)
             res.extra_outputs.append(Path(opts.sheet))
     return res
+
+
+# ---------------------------------------------------------------------------------------------- frames
+def upscale(faces: np.ndarray, size: int) -> np.ndarray:
+    """(N, s, s, 3) uint8 -> (N, size, size, 3) uint8 by bicubic resampling (PIL)."""
+    from PIL import Image
+
+    if faces.shape[1] == size:
+        return faces
+    out = np.empty((len(faces), size, size, 3), np.uint8)
+    for i, f in enumerate(faces):
+        out[i] = np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def upscale_iter(faces: np.ndarray, size: int, chunk: int = 64) -> Iterator[np.ndarray]:
+    """Frames of `upscale`, one at a time (bounded memory for long clips)."""
+    for a in range(0, len(faces), chunk):
+        yield from upscale(faces[a : a + chunk], size)
+
+
+def hstack_iter(*streams: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for frames in zip(*streams, strict=True):
+        yield np.concatenate(frames, axis=1)
