@@ -21,7 +21,8 @@ full swap (0 = untouched, 1 = as far as copying all of B).
 With the factor estimators of `avmdvae.evaluation.estimators` (trained on fresh generated clips,
 never on the model), the task also runs the factor-transfer swap test of
 `avmdvae.evaluation.disentangle` on o and, as its ceiling, on c, using only the estimators whose
-held-out R^2 >= 0.8 (accuracy >= 0.9 for labels).
+held-out R^2 >= 0.8 (accuracy >= 0.9 for labels). Their quality on the counterfactuals after stage 1
+(c, with the generator's truth) is reported too: what the estimators still see through the VQ-VAEs.
 """
 
 from __future__ import annotations
@@ -236,10 +237,9 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
     estimators: "auto" (load or fit the cached media estimators), a FactorEstimators, or None (skip
     the factor-transfer part). Raises ConfigError when the corpus has no synthetic source.
     """
-    from avmdvae.manipulation.model import FACTORS
     from avmdvae.manipulation.swap import combine
     from avmdvae.preprocess import make_cropper
-    from avmdvae.synth.counterfactual import counterfactual_clip
+    from avmdvae.synth.counterfactual import LATENTS, counterfactual_clip
 
     model, corpus, opt = ev.model, ev.corpus, ev.opt
     progress: Progress = getattr(ev, "progress", _noop)
@@ -289,12 +289,13 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
         sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
         est = load_or_fit(o, corpus.params.to_dict(), cropper, progress=progress, **sizes)
 
-    from avmdvae.evaluation.estimators import media_clip
+    from avmdvae.evaluation.estimators import MediaClip, media_clip
 
     per_pair: dict[str, list[dict[str, Any]]] = {k: [] for k in SWAP_LATENTS}
     trials: dict[str, dict[str, list[dict[str, float]]]] = {"model": {k: [] for k in SWAP_LATENTS},
                                                             "counterfactual": {k: [] for k in SWAP_LATENTS}}
     regen: dict[str, list[float]] = {"face_mse": [], "lsd_db": []}
+    seen: list[Any] = []  # counterfactuals through stage 1, with their truth: estimator quality there
     spk_cache: dict[int, Any] = {}
     sen_cache: dict[int, Any] = {}
     for p, (i, j) in enumerate(pairs):
@@ -307,7 +308,7 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
         r = Media(dec_r.faces, dec_r.power)
         outs: dict[str, Media] = {}
         for latent in SWAP_LATENTS:
-            lat = combine(la, lb, FACTORS if latent == "all" else [latent])
+            lat = combine(la, lb, LATENTS if latent == "all" else [latent])
             d = model.decode(lat)
             outs[latent] = Media(d.faces, d.power)
         # regenerated A against the corpus' A (H.264 / AAC round trip, front end): a sanity check
@@ -321,6 +322,8 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
                                      sentences=sen_cache)
             c_media = media_clip(cf.frames, cf.audio, None, cropper, fps)
             c = stage1(model, Media(c_media.faces, c_media.power))
+            if est is not None:
+                seen.append(MediaClip(c.faces, c.power, cf.truth))
             n = min(len(c.faces), len(r.faces), len(outs[latent].faces))
             per_pair[latent].append(pair_scores(outs[latent].head(n), r.head(n), c.head(n), latent,
                                                 outs["all"].head(n)))
@@ -340,6 +343,7 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
         factors = [f.name for f in dis.FACTORS
                    if any(k in usable for k in ((f.name,) if f.kind == "class" or f.name == "f0" else f.keys))]
         out["estimators"] = {"quality": est.quality, "usable": usable, "info": est.info,
+                             "quality_on_stage1_counterfactuals": est.evaluate(seen),
                              "thresholds": {"r2": _r2_min(), "accuracy": _acc_min()}}
         out["factor_transfer"] = {
             "factors": factors,
