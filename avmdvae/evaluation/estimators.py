@@ -7,7 +7,8 @@ the same front end as the corpus (face cropper, power spectrogram), and never lo
 model:
 
     factor (keys)                              estimator
-    articulation (jaw, lip_width)             small CNN on the 64x64 face crop (all visual keys at once)
+    articulation (jaw, lip_width)             small CNN on the 64x64 face crop (all visual keys at once;
+                                               trained with blur / noise augmentation)
     blink                                      "
     head_pose (yaw, pitch, roll, x, y, scale)  "
     f0 (contour, semitones re clip median)    harmonic-sum pitch tracker on the power spectrum, a
@@ -39,7 +40,7 @@ from scipy.signal import medfilt
 from avmdvae import audio as audio_mod
 from avmdvae.evaluation import disentangle as dis
 
-ESTIMATOR_VERSION = 1
+ESTIMATOR_VERSION = 2  # 2: blur / noise augmentation of the face CNN
 R2_MIN = 0.8
 ACC_MIN = 0.9
 VISUAL_KEYS = ("jaw", "lip_width", "blink", "head_yaw", "head_pitch", "head_roll", "head_x", "head_y",
@@ -52,6 +53,9 @@ PITCH_SPAN_ST = 9.0  # second pass: search within this of the clip's median pitc
 CNN_EPOCHS = 8
 FRAME_STRIDE = 2  # train the CNN on every other frame (neighbours are near duplicates)
 CNN_BATCH = 64
+BLUR_SIGMA = (0.5, 2.5)  # px: Gaussian blur of augmented batches (decoded faces are smooth)
+NOISE_STD = 0.03  # max pixel noise of augmented batches (in [0, 1] units)
+QUALITY_BLUR = 1.5  # px: held-out quality is also measured on faces blurred this much
 Progress = Callable[[str, int, int], None]
 
 
@@ -157,6 +161,32 @@ def _faces_tensor(faces: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(255.0)
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (B, 3, H, W) images (separable, reflected borders)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(np.ceil(2.5 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Training augmentation, half of the batches: blur, pixel noise and a brightness / contrast change
+    (the model's decoded faces are smoother and noisier than the rendered crops)."""
+    u = torch.rand(4, generator=g)
+    if u[0] < 0.5:
+        return x
+    x = blur(x, float(BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[1]))
+    x = x + torch.randn(x.shape, generator=g) * float(NOISE_STD * u[2])
+    x = (x - 0.5) * float(0.85 + 0.3 * u[3]) + 0.5
+    return x.clamp(0, 1)
+
+
 def face_thumbnail(faces: np.ndarray) -> np.ndarray:
     """(N, 64, 64, 3) uint8 -> (N, 192) 8x8 colour thumbnail in [0, 1] (clip-label features)."""
     f = np.asarray(faces, np.float32) / 255
@@ -246,6 +276,7 @@ class FactorEstimators:
                 if xb.shape[0] > 1:
                     shift = torch.randint(-2, 3, (2,), generator=g)  # small translations: crop jitter
                     xb = torch.roll(xb, (int(shift[0]), int(shift[1])), (2, 3))
+                xb = _degrade(xb, g)
                 loss = torch.nn.functional.smooth_l1_loss(net(xb), yt[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -289,10 +320,11 @@ class FactorEstimators:
         return net
 
     @torch.no_grad()
-    def visual(self, faces: np.ndarray) -> np.ndarray:
-        """(N, 64, 64, 3) uint8 -> (N, len(visual_keys)) estimated factor values."""
+    def visual(self, faces: np.ndarray, sigma: float = 0.0) -> np.ndarray:
+        """(N, 64, 64, 3) uint8 -> (N, len(visual_keys)) estimated factor values (sigma: blur first)."""
         net = self._model()
-        out = [net(_faces_tensor(faces[a:a + 256])).double().numpy() for a in range(0, len(faces), 256)]
+        out = [net(blur(_faces_tensor(faces[a:a + 256]), sigma)).double().numpy()
+               for a in range(0, len(faces), 256)]
         z = np.concatenate(out) if out else np.zeros((0, len(self.visual_keys)))
         return z * self.y_std + self.y_mean  # type: ignore[operator]
 
@@ -359,9 +391,11 @@ class FactorEstimators:
         if not test:
             return q
         pred = np.concatenate([self.visual(c.faces) for c in test])
+        pred_b = np.concatenate([self.visual(c.faces, QUALITY_BLUR) for c in test])
         for j, k in enumerate(self.visual_keys):
             y = np.concatenate([np.asarray(c.truth[k], np.float64) for c in test])  # type: ignore[index]
-            q[k] = {"metric": "r2", "value": _r2(y, pred[:, j]), "frames": int(len(y))}
+            q[k] = {"metric": "r2", "value": _r2(y, pred[:, j]), "frames": int(len(y)),
+                    f"r2_blur_{QUALITY_BLUR:g}px": _r2(y, pred_b[:, j])}
         ys, ps, vacc = [], [], []
         for c in test:
             y = dis.f0_contour(c.truth["f0"])  # type: ignore[index]
