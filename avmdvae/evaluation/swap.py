@@ -393,6 +393,10 @@ def markdown(s: Mapping[str, Any]) -> str:
                    + ", ".join(f"{k} {q['metric']} {f(q['value'])}" for k, q in est["quality"].items())
                    + f". Used (R² ≥ {est['thresholds']['r2']}, accuracy ≥ {est['thresholds']['accuracy']}): "
                    + (", ".join(est["usable"]) or "none") + ".\n")
+        s1 = est.get("quality_on_stage1_counterfactuals") or {}
+        if s1:
+            out.append("The same estimators on the counterfactuals after stage 1: "
+                       + ", ".join(f"{k} {f(q['value'])}" for k, q in s1.items()) + ".\n")
         ft = s.get("factor_transfer", {})
         if ft.get("factors"):
             rows = []
