@@ -21,7 +21,7 @@ from avmdvae.models import (
     VisualVQVAEDims,
 )
 from avmdvae.models.layers import unroll
-from avmdvae.models.seqvae import COMPILE_CONFIG
+from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
 
@@ -351,6 +351,10 @@ def test_step_compiles_to_one_graph() -> None:
     with torch._dynamo.config.patch(**COMPILE_CONFIG):
         explained = torch._dynamo.explain(m)(xa, xv, noise=noise)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    compiled = compile_model(m, backend="eager")  # what `train.compile` runs (inductor itself: a slow test)
+    out = compiled(xa, xv, noise=noise)
+    out.loss.backward()
+    _close(out.loss, m(xa, xv, noise=noise).loss, 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

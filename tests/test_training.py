@@ -5,6 +5,7 @@ with tiny configs, `avmdvae info RUN`, and a 2-process torchrun (gloo) run vs a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -727,3 +728,13 @@ def test_every_figure_is_labelled():
     assert format_metrics({"rec": 0.4}, "vqvae", "audio") == "rec (Itakura-Saito) 0.4"
     stage2 = format_metrics({"kl_w": 0.3, "rec_audio": 22.0, "elbo": -3.0}, "mdvae", None)
     assert stage2 == "ELBO -3 | KL(w) 0.3 | rec audio (-log-lik.) 22"
+
+
+@pytest.mark.slow
+def test_train_compile_runs_the_compiled_step_and_saves_plain_weights(corpus, stage1, tmp_path):
+    """`--set train.compile=true`: inductor compiles the step; the checkpoint loads into a plain model."""
+    cfg = tiny_config("mdvae", None, "train.epochs=1", "train.compile=true")
+    train(MDVAETask(corpus, stage1["audio"], stage1["visual"], cfg), tmp_path / "c", QUIET)
+    lines = train_lines(tmp_path / "c")
+    assert lines and all(math.isfinite(r["loss"]) for r in lines)
+    assert load_run(tmp_path / "c").kind == "mdvae"

@@ -69,10 +69,11 @@ class SeqVAEOutput:
 COMPILE_CONFIG = {"allow_rnn": True}
 
 
-def compile_model(model: nn.Module) -> Any:
-    """torch.compile(model) with COMPILE_CONFIG: one graph per forward (tests/test_models.py checks it)."""
-    torch._dynamo.config.update(COMPILE_CONFIG)
-    return torch.compile(model)
+def compile_model(model: nn.Module, **options: Any) -> Any:
+    """torch.compile(model, **options) with COMPILE_CONFIG: one graph per forward (tests/test_models.py)."""
+    for key, value in COMPILE_CONFIG.items():
+        setattr(torch._dynamo.config, key, value)
+    return torch.compile(model, **options)
 
 
 def resolve_beta(beta: float | Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
