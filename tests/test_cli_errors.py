@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from avmdvae import media
 from avmdvae.cli import app
 from avmdvae.errors import ConfigError
 from avmdvae.manipulation import ops
-from avmdvae.manipulation.model import FEATURE_MEAN_FILE, AVModel, Clip, Decoded
+from avmdvae.manipulation.model import AVModel, Clip, Decoded
 from avmdvae.manipulation.sheets import SheetRow, write_sheet
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.config import resolve
@@ -268,18 +267,6 @@ def test_unknown_modality_blames_the_option(tmp_path: Path) -> None:
     assert "config file" not in out
     with pytest.raises(ConfigError, match="--modality"):
         resolve("dsae", "foo")
-
-
-def test_damaged_feature_mean_cache_is_recomputed_with_a_note(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / FEATURE_MEAN_FILE).write_bytes(b"PK\x03\x04 not a zip any more")
-    m = AVModel.__new__(AVModel)
-    m._feature_mean = None
-    m.mdvae = SimpleNamespace(dims=SimpleNamespace(feat_a=3, feat_v=2))
-    m.run = SimpleNamespace(checkpoint=tmp_path / "best.pt", sha256="0" * 64, corpus={"path": str(tmp_path / "gone")})
-    with caplog.at_level("WARNING", logger="avmdvae"):
-        means = m.feature_mean()
-    assert means["audio"].shape == (3,) and means["visual"].shape == (2,)
-    assert any(FEATURE_MEAN_FILE in r.getMessage() and r.getMessage().startswith("note:") for r in caplog.records)
 
 
 # ------------------------------------------------------------------------------- 5. checkpoints, info

@@ -38,7 +38,7 @@ from avmdvae.errors import AvmdvaeError, ConfigError
 from avmdvae.evaluation import disentangle as dis
 from avmdvae.evaluation import metrics as M
 from avmdvae.evaluation import probes
-from avmdvae.manipulation.model import CHUNK, AVModel, Clip
+from avmdvae.manipulation.model import AVModel, Clip
 from avmdvae.models.dsae import DSAELatents
 from avmdvae.models.mdvae import Latents
 
@@ -80,11 +80,6 @@ def stats(values: Sequence[float]) -> dict[str, float]:
             "median": float(np.median(v)), "n": int(len(v))}
 
 
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
-    return img.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 # ------------------------------------------------------------------------------------- unimodal baseline
 class UniModel:
     """A VQ-DSAE run with its stage-1 VQ-VAE: features, encoding of whole clips, decoding to media."""
@@ -114,7 +109,7 @@ class UniModel:
 
     @torch.no_grad()
     def features(self, media_frames: np.ndarray) -> np.ndarray:
-        return _features(self.vq, media_frames, self.device)
+        return self.vq.encode_frames(media_frames)
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> DSAELatents:
@@ -124,28 +119,7 @@ class UniModel:
     @torch.no_grad()
     def decode(self, lat: DSAELatents) -> np.ndarray:
         """-> faces (N, 64, 64, 3) uint8 or power (N, 513) float32."""
-        return _decode_media(self.vq, self.dsae.decode(lat)[0][0], self.modality)
-
-
-@torch.no_grad()
-def _features(vq: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
-    """Stage-1 continuous features of faces (N, 64, 64, 3) uint8 or power (N, 513): (N, D) float32."""
-    out = []
-    for a in range(0, len(x), CHUNK):
-        t = torch.from_numpy(np.ascontiguousarray(x[a:a + CHUNK])).to(device)
-        out.append(vq.feature(t).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, vq.feature_dim), np.float32)
-
-
-@torch.no_grad()
-def _decode_media(vq: torch.nn.Module, f: torch.Tensor | np.ndarray, modality: str) -> np.ndarray:
-    """Stage-1 features (N, D) -> quantise + decode -> faces uint8 (N, 64, 64, 3) or power (N, 513)."""
-    f = torch.as_tensor(f)
-    out = []
-    for a in range(0, len(f), CHUNK):
-        y = vq.decode_feature(f[a:a + CHUNK].to(next(vq.parameters()).device))
-        out.append(_to_uint8(y) if modality == "visual" else y.float().cpu().numpy())
-    return np.concatenate(out)
+        return self.vq.decode_frames(self.dsae.decode(lat)[0][0])
 
 
 # ------------------------------------------------------------------------------------------- clip codes
@@ -299,8 +273,8 @@ class Evaluator:
             # the spectrogram itself through the same inversion: the Griffin-Lim / phase floor
             add("spectrogram (no model)", self._audio_scores(clip.audio, clip.power, clip.power))
             # stage 1 alone
-            add(VQ_NAME, self._audio_scores(clip.audio, clip.power, _decode_media(m.vq_audio, xa, "audio")))
-            add(VQ_NAME, M.face_metrics(clip.faces, _decode_media(m.vq_visual, xv, "visual")))
+            add(VQ_NAME, self._audio_scores(clip.audio, clip.power, m.vq_audio.decode_frames(xa)))
+            add(VQ_NAME, M.face_metrics(clip.faces, m.vq_visual.decode_frames(xv)))
             dec = m.decode(m.encode_features(xa, xv))
             add(MDVAE_NAME, self._audio_scores(clip.audio, clip.power, dec.power))
             add(MDVAE_NAME, M.face_metrics(clip.faces, dec.faces))
@@ -441,8 +415,8 @@ class Evaluator:
     def _estimate(self, est: dict[str, Any], factors: list[dis.Factor], faces: np.ndarray,
                   power: np.ndarray) -> dict[str, Any]:
         """Apply the estimators to decoded media: class probabilities / per-frame estimates per factor."""
-        fa = _features(self.model.vq_audio, power, self.device)
-        fv = _features(self.model.vq_visual, faces, self.device)
+        fa = self.model.vq_audio.encode_frames(power)
+        fv = self.model.vq_visual.encode_frames(faces)
         parts = {"audio": fa, "visual": fv}
         out: dict[str, Any] = {}
         for f in factors:
@@ -619,7 +593,7 @@ class Evaluator:
                 add(MDVAE_NAME, score(pick(m.decode(m.encode_features(xa, xv)))))
                 add(f"{MDVAE_NAME} (drop)", score(pick(m.decode(m.encode(noisy, drop=mod)))))  # type: ignore[arg-type]
                 vq = m.vq_audio if mod == "audio" else m.vq_visual
-                add(VQ_NAME, score(_decode_media(vq, xa if mod == "audio" else xv, mod)))
+                add(VQ_NAME, score(vq.decode_frames(xa if mod == "audio" else xv)))
                 if mod in self.dsae:
                     uni = self.dsae[mod]
                     src = noisy.power if mod == "audio" else noisy.faces

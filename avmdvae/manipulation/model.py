@@ -12,20 +12,17 @@ How a clip of any length is encoded:
   T-frame windows, the z's from overlapping T-frame windows, as in training (see its docstring).
 * Decoding is per frame ([w, z_t] -> feature -> stage-1 decoder), chunked.
 
-A missing modality (`drop="audio"|"visual"`): its features are replaced by the stage-1 feature mean
-of the training corpus (computed once from up to STATS_FRAMES frames of the run's corpus and cached
-next to the run as feature_mean.npz; zeros when that corpus is not available), w and the z's are
-inferred from the other modality, and both modalities are decoded from the latents. With
+A missing modality (`drop="audio"|"visual"`): its features are replaced by their training-set mean
+(the MDVAE's input standardisation, stored in the checkpoint), w and the z's are inferred from the
+other modality, and both modalities are decoded from the latents. With
 `impute_iters > 0` the dropped features are then replaced by their decoded value and the clip is
 re-encoded, that many times.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +33,6 @@ import torch
 
 from avmdvae import audio as audio_mod
 from avmdvae import media
-from avmdvae.atomic import atomic_path
 from avmdvae.constants import Progress, no_progress
 from avmdvae.corpus import PreprocessParams
 from avmdvae.errors import ConfigError, MediaError
@@ -45,8 +41,6 @@ from avmdvae.models.mdvae import MDVAE, Latents
 Modality = Literal["audio", "visual"]
 
 CHUNK = 512  # frames per stage-1 / decoder batch (17 s at 30 fps; 512 x 2048 x 4 B = 4 MB of features)
-STATS_FRAMES = 4096  # training frames averaged for the missing-modality feature mean
-FEATURE_MEAN_FILE = "feature_mean.npz"
 # Features of longer clips are kept in a temporary memory-mapped file instead of RAM:
 # 256 MB = about 25k frames (14 min at 30 fps) of 2048 + 512 float32 features.
 MAX_RAM_FEATURE_BYTES = 256 << 20
@@ -111,7 +105,6 @@ class AVModel:
         self.device = torch.device(device)
         self.run = run  # training.LoadedRun (None for models built in memory)
         self._cropper = None
-        self._feature_mean: dict[str, np.ndarray] | None = None
         d = mdvae.dims
         if vq_audio.feature_dim != d.feat_a or vq_visual.feature_dim != d.feat_v:
             raise ConfigError(
@@ -244,69 +237,10 @@ class AVModel:
         xv = _alloc(n, self.mdvae.dims.feat_v)
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
-            p = torch.from_numpy(np.array(clip.power[a:b], np.float32)).to(self.device)
-            f = torch.from_numpy(np.array(clip.faces[a:b])).to(self.device)
-            xa[a:b] = self.vq_audio.feature(p).float().cpu().numpy()
-            xv[a:b] = self.vq_visual.feature(f).float().cpu().numpy()
+            xa[a:b] = self.vq_audio.encode_frames(clip.power[a:b])
+            xv[a:b] = self.vq_visual.encode_frames(clip.faces[a:b])
             progress("stage-1 encode", b, n)
         return xa, xv
-
-    def feature_mean(self) -> dict[str, np.ndarray]:
-        """Mean stage-1 feature of each modality over the training corpus (cached); zeros without it."""
-        if self._feature_mean is not None:
-            return self._feature_mean
-        d = self.mdvae.dims
-        zeros = {"audio": np.zeros(d.feat_a, np.float32), "visual": np.zeros(d.feat_v, np.float32)}
-        run_dir = None
-        if self.run is not None:
-            run_dir = self.run.checkpoint.parent
-            cache = run_dir / FEATURE_MEAN_FILE
-            if cache.is_file():
-                try:
-                    with np.load(cache) as z:
-                        if str(z["sha256"]) == self.run.sha256:
-                            self._feature_mean = {"audio": z["audio"], "visual": z["visual"]}
-                            return self._feature_mean
-                except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # damaged: recompute
-                    log = logging.getLogger(__name__)
-                    log.warning(f"note: {cache} is damaged ({type(e).__name__}); recomputing it")
-        means = self._corpus_feature_mean()
-        if means is None:
-            self._feature_mean = zeros
-            return zeros
-        self._feature_mean = means
-        if run_dir is not None and os.access(run_dir, os.W_OK):
-            with atomic_path(run_dir / FEATURE_MEAN_FILE) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, audio=means["audio"], visual=means["visual"], sha256=np.array(self.run.sha256))
-        return means
-
-    @torch.no_grad()
-    def _corpus_feature_mean(self) -> dict[str, np.ndarray] | None:
-        from avmdvae.corpus import Corpus
-        from avmdvae.errors import CorpusError
-
-        if self.run is None:
-            return None
-        try:
-            corpus = Corpus.open(self.run.corpus["path"])
-        except (CorpusError, OSError, KeyError):
-            return None
-        clips = corpus.split("train") or corpus.clips
-        if not clips:
-            return None
-        rng = np.random.default_rng(0)
-        per_clip = max(1, STATS_FRAMES // len(clips))
-        sa = np.zeros(self.mdvae.dims.feat_a, np.float64)
-        sv = np.zeros(self.mdvae.dims.feat_v, np.float64)
-        count = 0
-        for rec in clips:
-            idx = np.sort(rng.choice(rec.n_frames, min(per_clip, rec.n_frames), replace=False))
-            p = torch.from_numpy(np.asarray(corpus.spec(rec.clip_id)[idx], np.float32)).to(self.device)
-            f = torch.from_numpy(np.asarray(corpus.faces(rec.clip_id)[idx])).to(self.device)
-            sa += self.vq_audio.feature(p).double().sum(0).cpu().numpy()
-            sv += self.vq_visual.feature(f).double().sum(0).cpu().numpy()
-            count += len(idx)
-        return {"audio": (sa / count).astype(np.float32), "visual": (sv / count).astype(np.float32)}
 
     # ------------------------------------------------------------------------------------ encoding
     @torch.no_grad()
@@ -335,7 +269,7 @@ class AVModel:
         if drop not in ("audio", "visual"):
             raise ConfigError(f"--drop {drop!r}: use audio or visual")
         target = xa if drop == "audio" else xv
-        target[:] = self.feature_mean()[drop]
+        target[:] = self.mdvae.norm[drop].mean.cpu().numpy()  # the training-set mean of these features
         lat = self.encode_features(xa, xv, progress)
         for _ in range(impute_iters):
             for a in range(0, clip.n_frames, CHUNK):
@@ -356,9 +290,8 @@ class AVModel:
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
             fa, fv = self.mdvae.decode(latents_slice(lat, a, b))
-            power[a:b] = self.vq_audio.decode_feature(fa[0]).float().cpu().numpy()
-            img = self.vq_visual.decode_feature(fv[0]).float()  # (T, 3, 64, 64) in [0, 1]
-            faces[a:b] = img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            power[a:b] = self.vq_audio.decode_frames(fa[0])
+            faces[a:b] = self.vq_visual.decode_frames(fv[0])
             progress("decode", b, n)
         return Decoded(faces, power)
 

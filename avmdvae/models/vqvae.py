@@ -12,8 +12,9 @@ decode_feature(f (..., D)) -> media-space output (quantise with the codebook, th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from avmdvae.models.quantizer import QuantizeResult, VectorQuantizer
 # log(power + POWER_FLOOR): -18.4 for digital silence; a full-scale 1024-point Hann-windowed sine
 # peaks near (1024 / 4)^2 = 65536 -> +11. Default normalisation maps that range to about [-2.7, 3.2];
 # `set_input_stats` replaces it with per-bin statistics of the training corpus.
+FRAME_CHUNK = 512  # frames per forward pass of encode_frames / decode_frames (~0.1 GB of activations)
 POWER_FLOOR = 1e-8
 DEFAULT_LOG_MEAN = -5.0
 DEFAULT_LOG_STD = 5.0
@@ -44,6 +46,11 @@ def _make_quantizer(d: VisualVQVAEDims | AudioVQVAEDims) -> VectorQuantizer:
 class _QuantizerMixin:
     quantizer: VectorQuantizer
     dims: VisualVQVAEDims | AudioVQVAEDims
+    modality: str
+    media_shape: tuple[int, ...]
+    feature: Callable[[Tensor], Tensor]
+    decode_feature: Callable[[Tensor], Tensor]
+    parameters: Callable[[], Iterator[nn.Parameter]]
 
     @property
     def feature_dim(self) -> int:
@@ -53,6 +60,31 @@ class _QuantizerMixin:
     def quantize(self, z_e: Tensor, update: bool | None = None) -> QuantizeResult:
         """z_e (B, D, *S) -> (z_q, codes, commit_loss, perplexity); EMA update in training mode."""
         return self.quantizer(z_e, update=update)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray | Tensor, chunk: int = FRAME_CHUNK) -> np.ndarray:
+        """Continuous features (N, D) float32 of many frames (faces (N, 64, 64, 3) uint8 or power spectra
+        (N, 513), e.g. memory-mapped), `chunk` frames per forward pass on the model's device."""
+        device = next(self.parameters()).device
+        out = np.empty((len(frames), self.feature_dim), np.float32)
+        for a in range(0, len(frames), chunk):
+            part = frames[a : a + chunk]
+            x = (part if torch.is_tensor(part) else torch.from_numpy(np.array(part))).to(device)
+            out[a : a + len(x)] = self.feature(x).float().cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def decode_frames(self, features: np.ndarray | Tensor, chunk: int = FRAME_CHUNK) -> np.ndarray:
+        """Media of features (N, D): quantise (no codebook update) and decode, `chunk` frames at a time ->
+        faces (N, 64, 64, 3) uint8 or power spectra (N, 513) float32."""
+        device = next(self.parameters()).device
+        out = []
+        for a in range(0, len(features), chunk):
+            y = self.decode_feature(torch.as_tensor(features[a : a + chunk]).to(device)).float()
+            out.append(y.clamp(0, 1).mul(255).round().to(torch.uint8).movedim(-3, -1) if y.dim() == 4 else y)
+        if not out:
+            return np.zeros((0, *self.media_shape), np.uint8 if self.modality == "visual" else np.float32)
+        return torch.cat(out).cpu().numpy()
 
 
 class _ResBlock(nn.Module):
@@ -74,6 +106,10 @@ def _down_channels(hidden: int, n_down: int) -> list[int]:
 
 class VisualVQVAE(_QuantizerMixin, nn.Module):
     modality = "visual"
+
+    @property
+    def media_shape(self) -> tuple[int, ...]:
+        return (self.dims.image_size, self.dims.image_size, 3)
 
     def __init__(self, dims: VisualVQVAEDims | None = None) -> None:
         super().__init__()
@@ -147,6 +183,10 @@ class VisualVQVAE(_QuantizerMixin, nn.Module):
 
 class AudioVQVAE(_QuantizerMixin, nn.Module):
     modality = "audio"
+
+    @property
+    def media_shape(self) -> tuple[int, ...]:
+        return (self.dims.n_bins,)
 
     def __init__(self, dims: AudioVQVAEDims | None = None) -> None:
         super().__init__()

@@ -26,8 +26,6 @@ from avmdvae.corpus import ClipRecord, Corpus
 
 FEATURES_DIR = "features"
 HASH_CHARS = 16  # 64 bits of the sha256: no accidental collisions between a user's stage-1 runs
-# Frames encoded per forward pass: 512 visual frames at reference size take ~0.1 GB of activations.
-ENCODE_CHUNK = 512
 
 FeatureProgress = Callable[[str, int, int], None]  # (what, clips done, clips to do)
 
@@ -84,11 +82,7 @@ def compute_features(
     try:
         for done, clip in enumerate(todo, 1):
             arr = corpus.spec(clip.clip_id) if modality == "audio" else corpus.faces(clip.clip_id)
-            feats = np.empty((clip.n_frames, dim), dtype=np.float32)
-            for i in range(0, clip.n_frames, ENCODE_CHUNK):
-                x = torch.from_numpy(np.array(arr[i : i + ENCODE_CHUNK])).to(device)
-                feats[i : i + len(x)] = vqvae.feature(x).float().cpu().numpy()
-            save_npy(feature_file(out, clip.clip_id, modality), feats)
+            save_npy(feature_file(out, clip.clip_id, modality), vqvae.encode_frames(arr))
             if report is not None:
                 report(f"{modality} features", done, len(todo))
     finally:
