@@ -41,13 +41,6 @@ def _sk() -> Any:
     return lm, skm, pp
 
 
-def _standardise(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = xtr.mean(0)
-    sd = xtr.std(0)
-    sd = np.where(sd > 1e-8, sd, 1.0)
-    return (xtr - mu) / sd, (xte - mu) / sd
-
-
 def fit_classifier(x: np.ndarray, y: np.ndarray, c: float = LOGREG_C) -> Any:
     """Standardise + multinomial logistic regression; returns an object with predict / predict_proba."""
     lm, _, pp = _sk()
