@@ -168,16 +168,8 @@ def clip_spec(truth: Mapping[str, np.ndarray], speaker_names: Sequence[str] | No
 @torch.no_grad()
 def stage1(model: Any, media: Media) -> Media:
     """Quantise and decode every frame with the model's stage-1 VQ-VAEs (the ceiling of stage 2)."""
-    clip = model.clip_from_arrays(media.faces, media.power)
-    xa, xv = model.features(clip)
-    faces, power = [], []
-    dev = model.device
-    for a in range(0, len(xa), 256):
-        p = model.vq_audio.decode_feature(torch.from_numpy(np.ascontiguousarray(xa[a:a + 256])).to(dev))
-        power.append(p.float().cpu().numpy())
-        img = model.vq_visual.decode_feature(torch.from_numpy(np.ascontiguousarray(xv[a:a + 256])).to(dev))
-        faces.append(img.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    return Media(np.concatenate(faces), np.concatenate(power))
+    xa, xv = model.features(model.clip_from_arrays(media.faces, media.power))
+    return Media(model.vq_visual.decode_frames(xv), model.vq_audio.decode_frames(xa))
 
 
 # ------------------------------------------------------------------------------------ factor transfer
