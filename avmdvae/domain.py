@@ -253,7 +253,7 @@ def warn(result: DomainCheck) -> None:
             "avmdvae preprocess VIDEOS CORPUS, then avmdvae train vqvae and mdvae on CORPUS (docs/reproduce.md)"
         )
     elif not result.checks and any(k for k in result.skipped if result.skipped[k] != SILENT):
-        reasons = "; ".join(v for v in result.skipped.values() if v != SILENT)
+        reasons = "; ".join(dict.fromkeys(v for v in result.skipped.values() if v != SILENT))  # each reason once
         log.warning(f"note: could not check whether the input is like the training data ({reasons})")
 
 
