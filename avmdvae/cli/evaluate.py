@@ -1,4 +1,4 @@
-"""`avmdvae eval RUN CORPUS --tasks resynth,emotion,disentangle,denoise -o REPORT_DIR`.
+"""`avmdvae eval RUN CORPUS --tasks resynth,emotion,disentangle,denoise,swap -o REPORT_DIR`.
 
 A thin layer over avmdvae.evaluation: load the MDVAE run (and the VQ-DSAE baselines when given), run
 the tasks on the corpus with a progress display, write report.json, report.md and PNG plots.
@@ -16,7 +16,8 @@ from avmdvae.cli.app import command, console, err_console, progress_bars
 from avmdvae.errors import ConfigError
 from avmdvae.outputs import check_outputs
 
-TASKS_HELP = "Comma-separated tasks: resynth, emotion, disentangle, denoise (default: all)."
+TASKS_HELP = ("Comma-separated tasks: resynth, emotion, disentangle, denoise, swap (default: all but swap, "
+              "whose factor estimators take minutes to fit the first time).")
 NOISE_HELP = ("Corruption for the denoise task, MODALITY:KIND:VALUE (repeatable), e.g. audio:white:5, "
               "audio:babble:0, visual:gaussian:0.1, visual:occlude:mouth. Default: a sweep of all kinds.")
 
