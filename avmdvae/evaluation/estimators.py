@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import torch
 from scipy.signal import medfilt
 
 from avmdvae import audio as audio_mod
+from avmdvae.constants import Progress, no_progress
 from avmdvae.evaluation import disentangle as dis
 
 ESTIMATOR_VERSION = 3  # 2: blur / noise augmentation of the face CNN; 3: milder (blinks survive)
@@ -56,11 +57,7 @@ CNN_BATCH = 64
 BLUR_SIGMA = (0.3, 1.3)  # px: Gaussian blur of augmented batches (decoded faces are smooth)
 NOISE_STD = 0.02  # max pixel noise of augmented batches (in [0, 1] units)
 QUALITY_BLUR = 1.5  # px: held-out quality is also measured on faces blurred this much
-Progress = Callable[[str, int, int], None]
 
-
-def _noop(name: str, done: int, total: int) -> None:
-    pass
 
 
 def cache_dir() -> Path:
@@ -248,7 +245,7 @@ class FactorEstimators:
     # -------------------------------------------------------------------------------- fitting
     @classmethod
     def fit(cls, train: Sequence[MediaClip], test: Sequence[MediaClip], seed: int = 0,
-            epochs: int = CNN_EPOCHS, progress: Progress = _noop) -> FactorEstimators:
+            epochs: int = CNN_EPOCHS, progress: Progress = no_progress) -> FactorEstimators:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -427,7 +424,7 @@ class FactorEstimators:
 
 # ----------------------------------------------------------------------------------- training clips
 def fresh_clips(seed: int, n_speakers: int, n_clips: int, size: int, cropper: Any, fps: float,
-                first_sentence: int, draw_seed: int = 0, progress: Progress = _noop,
+                first_sentence: int, draw_seed: int = 0, progress: Progress = no_progress,
                 what: str = "estimators: generate clips") -> Iterator[MediaClip]:
     """Clips of the corpus' speakers (seed, speaker indices < n_speakers) with new sentences
     (numbers from first_sentence), random emotion / level, through the corpus front end."""
@@ -475,7 +472,7 @@ def estimator_key(synth_options: Mapping[str, Any], params: Mapping[str, Any], n
 
 
 def load_or_fit(synth_options: Mapping[str, Any], params: Mapping[str, Any], cropper: Any, n_train: int = 240,
-                n_test: int = 60, cache: Path | None = None, progress: Progress = _noop) -> FactorEstimators:
+                n_test: int = 60, cache: Path | None = None, progress: Progress = no_progress) -> FactorEstimators:
     """Estimators for the synthetic corpus described by synth_options (its synth.json "options"),
     cropped as `params` (the corpus' PreprocessParams dict) says; from the cache when there."""
     from avmdvae.atomic import atomic_path

@@ -28,7 +28,7 @@ held-out R^2 >= 0.8 (accuracy >= 0.9 for labels). Their quality on the counterfa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avmdvae.constants import Progress, no_progress
 from avmdvae.errors import ConfigError
 from avmdvae.evaluation import disentangle as dis
 from avmdvae.evaluation import metrics as M
@@ -44,11 +45,7 @@ SWAP_LATENTS = ("w", "zav", "za", "zv", "all")
 MODALITIES = ("audio", "visual")
 SCORE_MIN, SCORE_MAX = -1.0, 1.0
 SYNTH_MANIFEST = "synth.json"
-Progress = Callable[[str, int, int], None]
 
-
-def _noop(name: str, done: int, total: int) -> None:
-    pass
 
 
 @dataclass
@@ -234,7 +231,7 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
     from avmdvae.synth.counterfactual import LATENTS, counterfactual_clip
 
     model, corpus, opt = ev.model, ev.corpus, ev.opt
-    progress: Progress = getattr(ev, "progress", _noop)
+    progress: Progress = getattr(ev, "progress", no_progress)
     recs, truths, specs, speakers = [], [], [], []
     found: tuple[Path, dict[str, Any]] | None = None
     test = corpus.split("test")
