@@ -214,26 +214,15 @@ def _finish(result: RunResult, resume_command: str) -> None:
     last = result.run_dir / LAST
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         if result.stopped is None:
-            console.print(
-                f"[green]done[/]: {result.epochs} epochs, {result.step} steps; best validation loss "
-                f"{result.best_val:.5g}; run in {result.run_dir}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            out, text = console, (f"[green]done[/]: {result.epochs} epochs, {result.step} steps; best validation "
+                                  f"loss {result.best_val:.5g}; run in {result.run_dir}")
         elif result.stopped in (STOP_MAX_STEPS, STOP_TIME_LIMIT):
-            console.print(
-                f"[yellow]stopped[/] at step {result.step} (--{result.stopped} reached), validated and "
-                f"saved in {last}; continue with: {resume_command}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            out, text = console, (f"[yellow]stopped[/] at step {result.step} (--{result.stopped} reached), "
+                                  f"validated and saved in {last}; continue with: {resume_command}")
         else:
-            err_console.print(
-                f"[yellow]stopped by {result.stopped}[/] after step {result.step}: {last} holds that step; "
-                f"resume with: {resume_command}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            out, text = err_console, (f"[yellow]stopped by {result.stopped}[/] after step {result.step}: {last} "
+                                      f"holds that step; resume with: {resume_command}")
+        out.print(text, highlight=False, soft_wrap=True)
     if result.stopped in (STOP_SIGTERM, STOP_SIGINT):
         raise typer.Exit(EXIT_SIGTERM if result.stopped == STOP_SIGTERM else EXIT_SIGINT)
 

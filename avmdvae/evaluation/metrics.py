@@ -19,6 +19,7 @@ pystoi and pesq are optional dependencies (extra `metrics`); a missing one raise
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -256,3 +257,12 @@ __all__ = [
     "PESQ_MAX", "SAMPLE_RATE", "audio_metrics", "face_metrics", "log_spectral_distance", "pesq_wb",
     "psnr", "psnr_frames", "si_sdr", "ssim", "ssim_frames", "stoi",
 ]
+
+
+def stats(values: Iterable[float | None]) -> dict[str, float]:
+    """{"mean", "std", "median", "n"} over the finite values (nan when none)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "median": float(np.median(v)), "n": int(len(v))}

@@ -28,7 +28,7 @@ held-out R^2 >= 0.8 (accuracy >= 0.9 for labels). Their quality on the counterfa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,14 +103,6 @@ def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None =
     return out
 
 
-def _stats(values: Iterable[float]) -> dict[str, float]:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    if len(v) == 0:
-        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "median": float(np.median(v)), "n": int(len(v))}
-
-
 def summarise(per_pair: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """per_pair: latent -> list of pair_scores dicts. Returns
     {"swap_fidelity": {latent: {audio, visual, mean}} (floats: means over pairs; nan where the
@@ -119,8 +111,8 @@ def summarise(per_pair: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, 
     st: dict[str, dict[str, Any]] = {}
     leak: dict[str, dict[str, Any]] = {}
     for latent, rows in per_pair.items():
-        st[latent] = {m: _stats(r["fidelity"][m] for r in rows) for m in MODALITIES if m in affected(latent)}
-        leak[latent] = {m: _stats(r["leakage"][m] for r in rows if m in r["leakage"]) for m in MODALITIES
+        st[latent] = {m: M.stats(r["fidelity"][m] for r in rows) for m in MODALITIES if m in affected(latent)}
+        leak[latent] = {m: M.stats(r["leakage"][m] for r in rows if m in r["leakage"]) for m in MODALITIES
                         if m not in affected(latent)}
         fid[latent] = {m: st[latent][m]["mean"] if m in st[latent] else float("nan") for m in MODALITIES}
         vals = [fid[latent][m] for m in st[latent] if np.isfinite(fid[latent][m])]
@@ -326,7 +318,7 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
                            "score": "clip(1 - d(o, c) / d(r, c), -1, 1); d: face MSE (visual), "
                                     "log-spectral distance in dB (audio)",
                            **summarise(per_pair),
-                           "regeneration": {k: _stats(v) for k, v in regen.items()}}
+                           "regeneration": {k: M.stats(v) for k, v in regen.items()}}
     if est is not None:
         usable = [k for k, q in est.quality.items() if q.get("usable")]
         factors = [f.name for f in dis.FACTORS

@@ -70,15 +70,6 @@ class EvalOptions:
     folds: int = probes.FOLDS
 
 
-def stats(values: Sequence[float]) -> dict[str, float]:
-    """{"mean", "std", "median", "n"} over the finite values (nan when none)."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    if len(v) == 0:
-        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "median": float(np.median(v)), "n": int(len(v))}
-
-
 # ------------------------------------------------------------------------------------------- clip codes
 @dataclass
 class ClipCode:
@@ -243,7 +234,7 @@ class Evaluator:
                 else:
                     add(uni.name, M.face_metrics(clip.faces, out))
             self.progress("resynth", i + 1, len(clips))
-        systems = {s: {k: stats(v) for k, v in d.items()} for s, d in per.items()}
+        systems = {s: {k: M.stats(v) for k, v in d.items()} for s, d in per.items()}
         return {"clips": len(clips), "split": "test", "reference_audio": sorted(how), "systems": systems,
                 "gl_iters": self.opt.gl_iters}
 
@@ -468,7 +459,7 @@ class Evaluator:
                         y = dis.frame_targets(c.truth, f, c.rec.n_frames)  # type: ignore[arg-type]
                         r2 = [probes.r2_score(y[:, j], e[:, j]) for j in range(y.shape[1])]
                         vals.append(float(np.nanmean(r2)))
-                quality[f.name] = {"metric": "accuracy" if f.kind == "class" else "r2", **stats(vals)}
+                quality[f.name] = {"metric": "accuracy" if f.kind == "class" else "r2", **M.stats(vals)}
             trials: dict[str, list[dict[str, float]]] = {k: [] for k in ("none", *dis.LATENTS)}
             m = self.model
             for p, (a, b) in enumerate(pairs):
@@ -558,7 +549,7 @@ class Evaluator:
                 self.progress("denoise", si * len(clips) + ci + 1, total)
             conditions.append({"noise": str(spec), "modality": spec.modality, "kind": spec.kind,
                                "level": spec.value,
-                               "systems": {s: {k: stats(v) for k, v in d.items()} for s, d in per.items()}})
+                               "systems": {s: {k: M.stats(v) for k, v in d.items()} for s, d in per.items()}})
         return {"clips": len(clips), "split": "test", "reference_audio": sorted(how),
                 "conditions": conditions,
                 "audio_output": "decoded power spectrogram with the noisy input's phase"}
@@ -589,4 +580,4 @@ class Evaluator:
         return out
 
 
-__all__ = ["DEFAULT_NOISE", "EvalOptions", "Evaluator", "TASKS", "UniModel", "stats"]
+__all__ = ["DEFAULT_NOISE", "EvalOptions", "Evaluator", "TASKS", "UniModel"]
