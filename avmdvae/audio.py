@@ -26,6 +26,9 @@ HALF = N_FFT // 2  # 512: frame k covers samples [centre - 512, centre + 512)
 _WSUM_FLOOR = 1e-3
 
 GL_ITERS = 64  # default Griffin-Lim iterations
+# An audio track whose peak stays below -80 dBFS is silent (digital silence, a muted recording): its
+# spectrogram carries no speech (preprocess skips such clips, manipulation warns about them).
+SILENCE_PEAK = 1e-4
 GL_CHUNK = 900  # frames per inversion segment (30 s at 30 fps): bounds memory for long clips
 GL_OVERLAP = 16  # frames of cross-fade between inversion segments (0.53 s)
 GL_MOMENTUM = 0.99  # Perraudin, Balazs & Sondergaard (2013) "fast Griffin-Lim", alpha = 0.99
@@ -204,6 +207,12 @@ def spectral_convergence(power: torch.Tensor | np.ndarray, audio: torch.Tensor |
 # capped so that no sample clips and a near-silent output is not blown up into noise.
 MAX_GAIN_DB = 24.0
 PEAK = 0.99  # largest sample value after the gain
+
+
+def is_silent(audio: np.ndarray) -> bool:
+    """No sound to speak of: empty, or peak below SILENCE_PEAK (-80 dBFS)."""
+    a = np.asarray(audio)
+    return a.size == 0 or float(np.max(np.abs(a))) < SILENCE_PEAK
 
 
 def rms(x: np.ndarray) -> float:

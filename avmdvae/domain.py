@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from avmdvae import audio as audio_mod
+
 if TYPE_CHECKING:
     from avmdvae.corpus import Corpus
     from avmdvae.manipulation.model import AVModel, Clip
@@ -216,7 +218,7 @@ def check(model: AVModel, clips: Sequence[Clip]) -> DomainCheck:
     skipped: dict[str, str] = {}
     corpus = ""
     for modality in ("visual", "audio"):
-        judged = [c for c in clips if modality == "visual" or not silent(c.audio)]
+        judged = [c for c in clips if modality == "visual" or not audio_mod.is_silent(c.audio)]
         if not judged:
             skipped[modality] = SILENT
             continue
@@ -261,18 +263,10 @@ def _name(clip: Clip) -> str:
     return Path(clip.source).name or "the input"
 
 
-def silent(audio: np.ndarray) -> bool:
-    """No sound to speak of: peak below preprocess.SILENCE_PEAK (-80 dBFS), as for corpus clips."""
-    from avmdvae.preprocess import SILENCE_PEAK
-
-    a = np.asarray(audio)
-    return a.size == 0 or float(np.max(np.abs(a))) < SILENCE_PEAK
-
-
 def input_problems(clip: Clip, seq_len: int, name: str) -> list[str]:
     """Plain sentences about inputs the model cannot do much with: silent sound, too few frames."""
     out = []
-    if silent(clip.audio):
+    if audio_mod.is_silent(clip.audio):
         out.append(
             f"the sound of {name} is silent (peak below -80 dBFS): the output sound is made up by the model "
             "from the face alone"
@@ -290,7 +284,7 @@ def audio_unscorable(clip: Clip) -> str | None:
     """Why STOI and SI-SDR against `clip`'s sound cannot be computed (None when they can)."""
     from avmdvae.evaluation.metrics import STOI_MIN_SECONDS
 
-    if silent(clip.audio):
+    if audio_mod.is_silent(clip.audio):
         return "the clean sound is silent (peak below -80 dBFS)"
     if clip.seconds < STOI_MIN_SECONDS:
         return f"the clip is {clip.seconds:.2f} s long, STOI needs at least {STOI_MIN_SECONDS:g} s"
@@ -320,7 +314,6 @@ __all__ = [
     "describe_corpus",
     "frame_errors",
     "input_problems",
-    "silent",
     "summarise",
     "warn",
 ]

@@ -70,9 +70,6 @@ PREFETCH_FRAMES = 32  # rebuild manifest.csv / skipped.jsonl at least this often
 # Training reads windows of T consecutive frames (T = 30 by default, 1 s at 30 fps): a shorter clip
 # cannot give a single one. Batch jobs skip such clips; a single file is kept, with a warning.
 MIN_WINDOW_FRAMES = 30
-# An audio track whose peak stays below -80 dBFS is silent (digital silence, a muted recording): its
-# spectrogram carries no speech. Batch jobs skip it; a single file is kept, with a warning.
-SILENCE_PEAK = 1e-4
 # Pool workers check this often that the main process still runs, and exit when it does not.
 WATCHDOG_S = 0.5
 PR_SET_PDEATHSIG = 1  # Linux prctl(2) option: the signal a process gets when its parent dies
@@ -271,7 +268,7 @@ def clip_problems(n_frames: int, samples: np.ndarray, params: PreprocessParams) 
     if n_frames < MIN_WINDOW_FRAMES:
         out.append(f"clip is shorter than one training window ({n_frames} frames = {n_frames / params.fps:.2f} s "
                    f"< {MIN_WINDOW_FRAMES} frames at {params.fps:g} fps)")
-    if samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK:
+    if audio_mod.is_silent(samples):  # batch jobs skip it; a single file is kept, with a warning
         out.append("audio track is silent (peak below -80 dBFS): nothing to learn from its sound")
     return out
 
