@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.avmdvae-installed
 OUT    ?= demo_out
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ lint: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# The quality benchmark (docs/results.md): 40-speaker corpus + new speakers, the CPU recipe, targets.
+# About 100 minutes on 2 CPU cores; PROFILE=gpu for the reference sizes on a CUDA machine.
+PROFILE ?= cpu
+bench-quality: setup
+	$(PY) bench/quality.py --profile $(PROFILE) --out runs/bench-quality-$(PROFILE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

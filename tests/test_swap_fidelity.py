@@ -207,3 +207,7 @@ def test_swap_task_end_to_end(tmp_path) -> None:
             assert -1.0 <= v[m] <= 1.0, (latent, m)
     assert res["regeneration"]["face_mse"]["mean"] < 1e-6  # same renderer, no codec in this corpus
     assert set(res["leakage"]["za"]) == {"visual"} and set(res["leakage"]["zv"]) == {"audio"}
+    # the ceiling: the model's own resynthesis of the counterfactual is nearer to it than A's resynthesis
+    # when the swap changes the speaker (w, all)
+    assert set(res["ceiling"]) == set(S.SWAP_LATENTS)
+    assert res["ceiling"]["w"]["mean"] > 0 and res["ceiling"]["all"]["mean"] > 0

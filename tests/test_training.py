@@ -127,6 +127,29 @@ def stage1(corpus, tmp_path_factory) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------ config
+def test_kl_weights_per_latent_reach_the_loss():
+    """train.beta as latent -> weight (a recipe's per-latent KL weights) is kept and used by the task."""
+    from avmdvae.models import build_model
+
+    cfg = resolve("mdvae", None, TINY / "mdvae.yaml", ["train.beta={w: 0.0, zv: 2}"])
+    assert cfg["train"]["beta"] == {"w": 0.0, "zv": 2}
+    assert resolve("mdvae", None, TINY / "mdvae.yaml", ["train.beta={w: 1}", "train.beta=0.5"])["train"]["beta"] == 0.5
+    for bad in ("train.beta={w: -1}", "train.beta=[1, 2]", "train.beta=true"):
+        with pytest.raises(ConfigError, match="train.beta"):
+            resolve("mdvae", None, TINY / "mdvae.yaml", [bad])
+    cfg["model"].update(feat_a=6, feat_v=5)
+    torch.manual_seed(0)
+    model = build_model("mdvae", None, cfg)
+    xa, xv = torch.randn(2, 8, 6), torch.randn(2, 8, 5)
+    model.fit_input_stats({"audio": xa.reshape(-1, 6), "visual": xv.reshape(-1, 5)})
+    noise = {n: torch.randn(2, *shape) for n, shape in model.noise_shapes(8).items()}
+    out = model(xa, xv, beta=cfg["train"]["beta"], noise=noise)
+    one = model(xa, xv, beta=1.0, noise=noise)
+    t = out.terms
+    expect = one.loss - (t["kl_w"] - t["kl_zv"]) / xa.shape[1]  # w weighted 0 instead of 1, zv 2 instead of 1
+    assert torch.allclose(out.loss, expect, atol=1e-5)
+
+
 def test_config_yaml_overrides_and_types(tmp_path):
     cfg = resolve(
         "vqvae",

@@ -32,6 +32,9 @@ def _tasks(text: str) -> list[str]:
     return names
 
 
+SPLIT_CHOICES = ("train", "validation", "test", "all")
+
+
 def _ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
@@ -59,6 +62,10 @@ def evaluate(
                                               help="At most this many test clips for resynth / denoise."),
     swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per swapped latent."),
     gl_iters: int = typer.Option(32, "--gl-iters", min=1, help="Griffin-Lim iterations in resynth."),
+    split: str | None = typer.Option(None, "--split",
+                                     help="Draw every task's clips from this split (train, validation, test) or "
+                                          "from all clips (all). Default: resynth, denoise and swap use the test "
+                                          "split; emotion and disentangle every clip."),
     seed: int = typer.Option(0, "--seed",
                              help="Seed of the random draws: the report is deterministic for a given seed."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
@@ -69,6 +76,8 @@ def evaluate(
     from avmdvae.evaluation.tasks import DEFAULT_NOISE, EvalOptions, Evaluator
 
     names = _tasks(tasks)
+    if split is not None and split not in SPLIT_CHOICES:
+        raise ConfigError(f"--split {split!r}: choose from {', '.join(SPLIT_CHOICES)}")
     check_outputs({}, inputs=[run, corpus, dsae_audio, dsae_visual], folders={"-o": output})
     if noise:  # validate early: one line for a malformed spec, before any model is loaded
         from avmdvae.manipulation.noise import parse_noise
@@ -76,7 +85,7 @@ def evaluate(
         for s in noise:
             parse_noise(s)
     opts = EvalOptions(draws=draws, ks=_ks(ks), seed=seed, max_clips=max_clips, max_test_clips=max_test_clips,
-                       gl_iters=gl_iters,
+                       gl_iters=gl_iters, split=split,
                        noise=tuple(noise) if noise else DEFAULT_NOISE, swap_pairs=swap_pairs)
     t0 = time.time()
     with progress_bars(quiet) as progress:

@@ -68,6 +68,10 @@ class EvalOptions:
     swap_pairs: int = 16  # (A, B) pairs per swapped latent
     frames_per_clip: int = 30  # frames sampled per clip for per-frame probes and estimators
     folds: int = probes.FOLDS
+    # which clips every task draws from: None = each task's default (resynth, denoise and swap: the test
+    # split; emotion and disentangle: every clip); a split name restricts all tasks to it; "all" = every
+    # clip for all tasks (a corpus of speakers none of whom the model saw)
+    split: str | None = None
 
 
 # ------------------------------------------------------------------------------------------- clip codes
@@ -126,12 +130,19 @@ class Evaluator:
         keep = np.sort(rng.choice(len(clips), cap, replace=False))
         return [clips[i] for i in keep]
 
-    def _test_clips(self) -> list[ClipRecord]:
-        clips = self.corpus.split("test")
+    def clips_of(self, default: str | None) -> list[ClipRecord]:
+        """The clips a task draws from: EvalOptions.split if set, else `default` (a split, None = all)."""
+        split = self.opt.split if self.opt.split is not None else default
+        if split is None or split == "all":
+            return list(self.corpus.clips)
+        clips = self.corpus.split(split)
         if not clips:
-            raise ConfigError(f"corpus {self.corpus.root} has no test split: preprocess it with a "
-                              "test fraction > 0")
-        return self._subset(clips, self.opt.max_test_clips)
+            raise ConfigError(f"corpus {self.corpus.root} has no {split} split: preprocess it with a "
+                              f"{split} fraction > 0, or choose another split")
+        return clips
+
+    def _test_clips(self) -> list[ClipRecord]:
+        return self._subset(self.clips_of("test"), self.opt.max_test_clips)
 
     def reference_audio(self, rec: ClipRecord) -> tuple[np.ndarray, str]:
         """Clean waveform (S,) of a clip, S = samples of its n_frames, and where it came from."""
@@ -249,7 +260,7 @@ class Evaluator:
 
     def emotion(self) -> dict[str, Any]:
         """Few-label linear probes of emotion category and intensity, speaker-disjoint."""
-        labelled = [c for c in self.corpus.clips if c.emotion is not None or c.intensity is not None]
+        labelled = [c for c in self.clips_of(None) if c.emotion is not None or c.intensity is not None]
         clips = self._subset(labelled)
         if not clips:
             raise ConfigError("no clip of the corpus has an emotion label: the emotion task needs a labelled "
@@ -278,7 +289,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------ disentangle
     def _truth_clips(self) -> list[ClipRecord]:
-        clips = [c for c in self.corpus.clips if (self.corpus.clip_dir(c.clip_id) / "truth.npz").is_file()]
+        clips = [c for c in self.clips_of(None) if (self.corpus.clip_dir(c.clip_id) / "truth.npz").is_file()]
         if not clips:
             raise ConfigError(f"corpus {self.corpus.root} has no ground truth (truth.npz): the disentangle "
                               "task needs a synthetic corpus (`avmdvae synth`, then `avmdvae preprocess`)")

@@ -53,7 +53,8 @@ class TrainSettings:
     checkpoint_every: int = 0  # steps between mid-epoch `last.pt` saves (0 = at epoch ends only)
     # Stage 2 only: ELBO = recon - beta * KL, beta ramped linearly from 0 over kl_warmup_steps;
     # -1: over a fifth of the run's steps (training.loop.KL_WARMUP_FRACTION, stored once known); 0: none.
-    beta: float = 1.0
+    # beta: one weight for every KL term, or per latent, e.g. {w: 1.0, zav: 0.5} (missing latents: 1).
+    beta: float | dict[str, float] = 1.0
     kl_warmup_steps: int = -1
 
 
@@ -125,6 +126,10 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     """`value` converted to the type of `default`, or a ConfigError naming `key`."""
     if default is None or value is None:
         return value
+    if key == "train.beta" and isinstance(value, dict):  # per-latent KL weights (checked by validate)
+        return dict(value)
+    if key == "train.beta" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -215,6 +220,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _beta_ok(beta: Any) -> bool:
+    values = beta.values() if isinstance(beta, dict) else [beta]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
 def resolve(
     kind: str,
     modality: str | None = None,
@@ -264,7 +274,7 @@ def validate(config: dict[str, Any]) -> None:
         (t["max_steps_per_epoch"] >= 0, "train.max_steps_per_epoch must be >= 0 (0 = no cap)"),
         (t["max_val_batches"] >= 0, "train.max_val_batches must be >= 0 (0 = no cap)"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = at epoch ends only)"),
-        (t["beta"] >= 0, "train.beta must be >= 0"),
+        (_beta_ok(t["beta"]), "train.beta must be a number >= 0 or latent -> number >= 0, e.g. {w: 1, zav: 0.5}"),
         (config["data"]["window_hop"] >= 1, "data.window_hop must be >= 1"),
     ]
     for ok, message in checks:

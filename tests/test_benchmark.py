@@ -1,0 +1,121 @@
+"""The quality benchmark's pieces: target scoring on known reports, the split option, and (slow) the
+whole pipeline at toy size."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from avmdvae import benchmark as bm
+from avmdvae.errors import ConfigError
+from avmdvae.evaluation.tasks import EvalOptions, Evaluator
+
+
+def _report(psnr=28.0, swaps=(0.9, 0.85, 0.7, 0.65), mdvae_acc=0.9, base_acc=(0.6, 0.5), owner_bonus=0.2):
+    latents = ("w", "zav", "za", "zv")
+    owners = {"speaker": "w", "emotion": "w", "articulation": "zav", "f0": "za", "blink": "zv"}
+    matrix = {lat: {f: (0.5 + owner_bonus if own == lat else 0.5) for f, own in owners.items()} for lat in latents}
+    matrix["stage-1"] = {f: 1.0 for f in owners}  # a reference row, never an owner's rival
+
+    def curve(acc):
+        return {"points": [{"k": 1, "accuracy": {"mean": acc / 2}}, {"k": 10, "accuracy": {"mean": acc}},
+                           {"k": "all", "accuracy": {"mean": acc}}]}
+
+    return {"resynth": {"systems": {"VQ-VAE": {"psnr": {"mean": psnr}}, "VQ-MDVAE": {"psnr": {"mean": psnr - 2}}}},
+            "swap": {"swap_fidelity": {lat: {"mean": v} for lat, v in zip(latents, swaps, strict=True)}},
+            "disentangle": {"matrix": matrix, "owners": owners},
+            "emotion": {"targets": {"emotion": {"representations": {
+                "VQ-MDVAE w": curve(mdvae_acc), "VQ-DSAE-audio w": curve(base_acc[0]),
+                "VQ-DSAE-visual w": curve(base_acc[1])}}}}}
+
+
+def _met(rows):
+    return {r["target"].split(" >=")[0].split(":")[0]: r["met"] for r in rows}
+
+
+def test_a_report_that_meets_every_target_scores_all_met():
+    rows = bm.score("cpu", {"test": _report(), "new": _report()})
+    assert len(rows) == 7 and all(r["met"] for r in rows)
+    assert rows[0]["values"] == {"test": 28.0, "new": 28.0}
+    emotion = rows[-1]["values"]["test"]
+    assert emotion == pytest.approx(0.9 / 0.6)  # against the better baseline
+
+
+def test_each_target_fails_on_its_own_shortfall_and_on_either_corpus():
+    good = _report()
+    cases = {"stage-1 face PSNR (dB)": _report(psnr=26.9), "swap fidelity w": _report(swaps=(0.79, .85, .7, .65)),
+             "swap fidelity z(v)": _report(swaps=(.9, .85, .7, .59)),
+             "factor matrix": _report(owner_bonus=-0.01),
+             "emotion from w, 10 labels": _report(mdvae_acc=0.7, base_acc=(0.6, 0.5))}  # 1.17 < 1.2
+    for name, bad in cases.items():
+        met = _met(bm.score("cpu", {"test": good, "new": bad}))
+        assert met[name] is False, name
+        assert sum(not v for v in met.values()) == 1, (name, met)  # nothing else moved
+    # the GPU profile asks 30 dB of stage 1
+    assert _met(bm.score("gpu", {"test": _report(psnr=29.0)}))["stage-1 face PSNR (dB)"] is False
+
+
+def test_a_missing_figure_is_not_met():
+    rep = _report()
+    del rep["swap"]
+    rows = bm.score("cpu", {"test": rep})
+    assert [r["met"] for r in rows if "swap" in r["target"]] == [False] * 4
+    assert all(r["values"]["test"] is None for r in rows if "swap" in r["target"])
+    md = bm.summary_markdown("cpu", rows, {"corpus": 60.0}, {"test": bm.headline(rep)})
+    assert "n/a" in md and "**no**" in md and "Total: 1.0 min" in md
+
+
+def test_every_profile_names_config_files_that_exist():
+    for prof in bm.PROFILES.values():
+        assert set(prof.configs) == set(bm.RUNS)
+        for name in prof.configs.values():
+            assert (bm.REPO_MODELS / name).is_file(), name
+    assert bm.BENCH_CORPUS.n_speakers * 8 // 10 >= 30  # >= 30 training speakers after the 10 %/10 % split
+    assert bm.NEW_SPEAKERS.seed != bm.BENCH_CORPUS.seed
+    with pytest.raises(ConfigError, match="choose from"):
+        bm.run_benchmark("unused", profile="bogus")
+
+
+def _evaluator(split):
+    clips = [SimpleNamespace(clip_id=f"{s}-{i}", speaker=s, split=sp)
+             for s, sp in (("a", "train"), ("b", "validation"), ("c", "test")) for i in range(2)]
+    corpus = SimpleNamespace(clips=clips, root="corpus", split=lambda name: [c for c in clips if c.split == name])
+    ev = Evaluator.__new__(Evaluator)
+    ev.corpus, ev.opt = corpus, EvalOptions(split=split)
+    return ev
+
+
+def test_the_split_option_restricts_every_task_to_one_split():
+    ev = _evaluator(None)  # defaults: resynth's test split, emotion's every clip
+    assert {c.speaker for c in ev.clips_of("test")} == {"c"}
+    assert len(ev.clips_of(None)) == 6
+    ev = _evaluator("validation")
+    assert {c.speaker for c in ev.clips_of("test")} == {"b"} and {c.speaker for c in ev.clips_of(None)} == {"b"}
+    ev = _evaluator("all")
+    assert len(ev.clips_of("test")) == 6
+    ev.corpus.clips[:] = [c for c in ev.corpus.clips if c.split != "validation"]
+    ev.opt = EvalOptions(split="validation")
+    with pytest.raises(ConfigError, match="no validation split"):
+        ev.clips_of(None)
+
+
+@pytest.mark.slow  # synth + preprocess + five toy trainings + evaluation: about 2 minutes
+def test_the_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "bench"
+    steps: list[str] = []
+    summary = bm.run_benchmark(out, "tiny", workers=1, device="cpu", step=steps.append, train_progress=False)
+    for f in ("summary.md", "summary.json", "report-test/report.json", "report-new-speakers/report.json"):
+        assert (out / f).is_file(), f
+    for name in bm.RUNS:
+        assert (out / "runs" / name / "best.pt").is_file(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert [r["target"] for r in on_disk["targets"]] == [t.name for t in bm.targets("tiny")]
+    test_psnr = summary["targets"][0]["values"]["test speakers"]
+    assert test_psnr is not None and 5 < test_psnr < 60
+    rep = json.loads((out / "report-new-speakers" / "report.json").read_text())
+    assert rep["emotion"]["speakers"] == 3  # every new speaker, not only a test split
+    steps.clear()
+    bm.run_benchmark(out, "tiny", workers=1, device="cpu", step=steps.append, train_progress=False)
+    assert sum("already trained" in s for s in steps) == len(bm.RUNS)
