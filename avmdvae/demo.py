@@ -24,7 +24,8 @@ from avmdvae.errors import ConfigError
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = REPO_MODELS / "demo"  # vqvae-audio/, vqvae-visual/, mdvae/ (best.pt each)
 RUNS = ("vqvae-audio", "vqvae-visual", "mdvae")
-SEED = 0  # the shipped models were trained on the synthetic corpus of this seed
+SEED = 0  # the shipped models were trained on the synthetic corpus of this seed (`--train` uses it too)
+DEMO_SEED = 1  # the demo's own clips: speakers of another seed, whom no shipped or demo-trained model saw
 
 # The training corpus of the shipped models (models/README.md): 6 speakers -> 4 train, 1 validation,
 # 1 test (speaker-disjoint); 4 emotions, 3 sentences: 6 x (1 + 3 x 3) x 3 = 180 clips of 3-4 s.
@@ -59,11 +60,11 @@ class DemoResult:
     scores: dict[str, Any]
 
 
-def _synth(root: Path, spec: dict[str, Any], workers: int, progress: Progress) -> Path:
+def _synth(root: Path, spec: dict[str, Any], workers: int, progress: Progress, seed: int = SEED) -> Path:
     from avmdvae.preprocess import available_cpus
     from avmdvae.synth.generate import generate_corpus
 
-    generate_corpus(root, seed=SEED, workers=workers or available_cpus(),
+    generate_corpus(root, seed=seed, workers=workers or available_cpus(),
                     progress=lambda done, total: progress("synth", done, total), **spec)
     return root
 
@@ -126,6 +127,7 @@ def _source_video(clip: Any) -> Path:
 
 def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = no_progress) -> DemoResult:
     from avmdvae.corpus import Corpus
+    from avmdvae.evaluation import swap as swap_fidelity
     from avmdvae.evaluation.report import write_report
     from avmdvae.evaluation.tasks import EvalOptions, Evaluator
     from avmdvae.manipulation import AVModel, combine
@@ -150,7 +152,7 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = no_prog
         step(f"1-3/5 using the shipped demo models in {opts.models}")
 
     step("4/5 synthesising and preprocessing the demo clips")
-    corpus = Corpus.open(_preprocess(_synth(out / "synth", opts.corpus, opts.workers, progress),
+    corpus = Corpus.open(_preprocess(_synth(out / "synth", opts.corpus, opts.workers, progress, DEMO_SEED),
                                      out / "corpus", opts.workers, progress))
     model = AVModel.load(run)
     rec_a, rec_b = _pick_pair(corpus)
@@ -175,8 +177,11 @@ def run_demo(opts: DemoOptions, step: Step = print, progress: Progress = no_prog
 
     step("5/5 scoring reconstruction and swaps (avmdvae eval: resynth, disentangle)")
     ev = Evaluator(model, corpus, progress=progress, options=EvalOptions(
-        max_clips=opts.eval_clips, max_test_clips=4, swap_pairs=opts.swap_pairs, gl_iters=opts.gl_iters, draws=3))
+        max_clips=opts.eval_clips, max_test_clips=4, swap_pairs=opts.swap_pairs, gl_iters=opts.gl_iters, draws=3,
+        split="all"))  # every demo speaker is unseen (DEMO_SEED)
     results = ev.run(["resynth", "disentangle"])
+    # swap fidelity against the counterfactual; the factor estimators (minutes to fit) are left to `eval`
+    results["swap"] = swap_fidelity.run(ev, estimators=None)
     results["demo"] = {"A": rec_a.clip_id, "B": rec_b.clip_id, "model": str(run)}
     for path in write_report(out / "report", results):
         files[f"report/{path.name}"] = path
@@ -195,6 +200,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     summary = results.get("disentangle", {}).get("summary") or {}
     if summary:
         out["swap_score"] = {k: v.get("swap_score") for k, v in summary.items()}
+    fid = results.get("swap", {}).get("swap_fidelity") or {}
+    if fid:
+        out["swap_fidelity"] = {k: v.get("mean") for k, v in fid.items()}
     return out
 
 
@@ -219,6 +227,11 @@ def _readme(files: dict[str, Path], scores: dict[str, Any], a: Any, b: Any, run:
                   "|---|" + "---|" * len(keys)]
         lines += [f"| {k.split('/', 1)[1]} | " + " | ".join(_fmt(v.get(m)) for m in keys) + " |"
                   for k, v in rec.items()]
+        lines.append("")
+    if scores.get("swap_fidelity"):
+        lines += ["## Swap fidelity per latent (1 = the output is the true \"A with B's latent\" the generator "
+                  "renders, 0 = no closer than A's resynthesis)", "", "| latent | fidelity |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in scores["swap_fidelity"].items()]
         lines.append("")
     if scores.get("swap_score"):
         lines += ["## Swap score per latent (1 = the swapped factor moves to B's and nothing else, "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +136,31 @@ def test_estimators_fit_estimate_and_thresholds() -> None:
     est.quality["blink"]["value"] = 0.95
     got = est.estimate(c.faces, c.power)
     assert set(got) == {"blink"} and np.isfinite(got["blink"]).all()
+    # stored as tensors and plain values: loads with weights_only=True and estimates the same
+    buf = io.BytesIO()
+    torch.save(est.to_state(), buf)
+    buf.seek(0)
+    back = E.FactorEstimators.from_state(torch.load(buf, weights_only=True))
+    again = back.estimate(c.faces, c.power, only_usable=False)
+    for name, v in est.estimate(c.faces, c.power, only_usable=False).items():
+        if isinstance(v, dict):
+            assert v == pytest.approx(again[name]), name
+        else:
+            np.testing.assert_allclose(v, again[name], rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_linear_classifier_matches_the_sklearn_pipeline_it_replaces() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 5)) * [1, 10, 0.1, 3, 1] + [0, 5, 1, -2, 0]
+    for y in (x[:, 0] > 0, np.array(["a", "b", "c"])[(x[:, 0] > 0).astype(int) + (x[:, 3] > -2)]):
+        ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.5)).fit(x, y)
+        mine = E.LinearClassifier.fit(x, y, c=0.5)
+        np.testing.assert_allclose(mine.predict_proba(x), ref.predict_proba(x), atol=1e-9)
+        assert (mine.predict(x) == ref.predict(x)).all()
 
 
 def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
@@ -139,9 +168,10 @@ def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
 
     def fake_fit(train, test, seed=0, progress=None):
         calls.append(len(train))
-        est = E.FactorEstimators()
-        est.info = {"version": E.ESTIMATOR_VERSION}
-        return est
+        k = len(E.VISUAL_KEYS)
+        voicing = E.LinearClassifier(np.zeros(3), np.ones(3), np.ones((1, 3)), np.zeros(1), np.array([False, True]))
+        return E.FactorEstimators(cnn_state=E._FaceCNN(k).state_dict(), y_mean=np.zeros(k), y_std=np.ones(k),
+                                  voicing=voicing, info={"version": E.ESTIMATOR_VERSION})
 
     monkeypatch.setattr(E.FactorEstimators, "fit", staticmethod(fake_fit))
     opts = {"seed": 0, "size": SIZE, "n_speakers": 2, "n_sentences": 1, "generator_version": 1}
@@ -150,6 +180,17 @@ def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
     a = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
     b = E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
     assert calls == [1] and isinstance(b, E.FactorEstimators) and a.info["cache"].startswith(str(tmp_path))
+    # a planted file that would run code when unpickled is refused and replaced, never executed
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cached = Path(a.info["cache"])
+    cached.write_bytes(pickle.dumps(Evil()))
+    E.load_or_fit(opts, params, cropper, n_train=1, n_test=1, cache=tmp_path)
+    assert calls == [1, 1] and not marker.exists()
 
 
 def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:

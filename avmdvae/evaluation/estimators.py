@@ -18,8 +18,9 @@ model:
 
 Each is scored on held-out fresh clips: R^2 per key (pooled over frames; the f0 contour on frames
 voiced in the truth) and accuracy per label. A key is *usable* when R^2 >= R2_MIN, a label when
-accuracy >= ACC_MIN; the swap tests report only usable ones. Fitted estimators are cached (pickle)
-in `cache_dir()` under a key of everything that determines them.
+accuracy >= ACC_MIN; the swap tests report only usable ones. Fitted estimators are cached in
+`cache_dir()` under a key of everything that determines them, as tensors and plain values only
+(`torch.load(weights_only=True)`: a cache file cannot run code).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +229,47 @@ def _r2(y: np.ndarray, p: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------- estimators
 @dataclass
+class LinearClassifier:
+    """A fitted standardise + logistic-regression pipeline as plain arrays (safe to store and load)."""
+
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    coef: np.ndarray  # (1, D) for two classes, (C, D) for more
+    intercept: np.ndarray  # (1,) or (C,)
+    classes_: np.ndarray  # (C,) labels
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: Sequence[Any], c: float = 1.0, max_iter: int = 1000) -> LinearClassifier:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(x)
+        lr = LogisticRegression(max_iter=max_iter, C=c).fit(scaler.transform(x), y)
+        return cls(scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) class probabilities, in the order of `classes_`."""
+        logits = ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # two classes: one logit for classes_[1]
+            p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            return np.stack([1.0 - p1, p1], 1)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(x).argmax(1)]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale),
+                "coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept),
+                "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_]}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> LinearClassifier:
+        return cls(*(d[k].numpy() for k in ("mean", "scale", "coef", "intercept")), np.asarray(d["classes"]))
+
+
+@dataclass
 class FactorEstimators:
     """Fitted estimators + their held-out quality; `estimate` reads factors from media."""
 
@@ -237,8 +278,8 @@ class FactorEstimators:
     y_mean: np.ndarray | None = None
     y_std: np.ndarray | None = None
     pitch_bias: float = 0.0
-    voicing: Any = None  # sklearn pipeline: audio_frame_features -> voiced
-    classifiers: dict[str, Any] = field(default_factory=dict)  # label name -> sklearn pipeline
+    voicing: LinearClassifier | None = None  # audio_frame_features -> voiced
+    classifiers: dict[str, LinearClassifier] = field(default_factory=dict)  # clip label name -> classifier
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)  # key or label -> {metric, value, ...}
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -246,10 +287,6 @@ class FactorEstimators:
     @classmethod
     def fit(cls, train: Sequence[MediaClip], test: Sequence[MediaClip], seed: int = 0,
             epochs: int = CNN_EPOCHS, progress: Progress = no_progress) -> FactorEstimators:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         est = cls()
         keys = est.visual_keys
         # ---- visual CNN, standardised multi-output regression
@@ -288,8 +325,7 @@ class FactorEstimators:
         # ---- pitch: bias of the tracker on voiced frames; voicing detector
         fa = [audio_frame_features(c.power) for c in train]
         voiced = [np.asarray(c.truth["f0"]) > 0 for c in train]  # type: ignore[index]
-        est.voicing = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0)).fit(
-            np.concatenate(fa), np.concatenate(voiced))
+        est.voicing = LinearClassifier.fit(np.concatenate(fa), np.concatenate(voiced))
         diffs = []
         for c, v in zip(train, voiced, strict=True):
             st, _ = pitch_track(c.power)
@@ -300,8 +336,7 @@ class FactorEstimators:
         for name in CLASS_FACTORS:
             labels = [str(np.asarray(c.truth[name]).reshape(-1)[0]) for c in train]  # type: ignore[index]
             if len(set(labels)) >= 2:
-                est.classifiers[name] = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5)) \
-                    .fit(xc, labels)
+                est.classifiers[name] = LinearClassifier.fit(xc, labels, c=0.5, max_iter=2000)
         est.quality = est.evaluate(test)
         est.info = {"train_clips": len(train), "test_clips": len(test), "train_frames": int(len(x)),
                     "epochs": epochs, "version": ESTIMATOR_VERSION}
@@ -331,6 +366,7 @@ class FactorEstimators:
 
         Two passes of the pitch tracker: the whole range, then within PITCH_SPAN_ST of the median
         over the voiced frames; a 5-frame median filter removes isolated jumps."""
+        assert self.voicing is not None, "fit the estimators first"
         voiced = self.voicing.predict(audio_frame_features(power)).astype(bool)
         out = np.full(len(power), np.nan)
         if not voiced.any():
@@ -416,10 +452,22 @@ class FactorEstimators:
                                                                            else R2_MIN))
         return q
 
-    def __getstate__(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("_net", None)
-        return d
+    # ------------------------------------------------------------------------------- storing
+    def to_state(self) -> dict[str, Any]:
+        """Tensors, strings, numbers, lists and dicts only: loadable with torch.load(weights_only=True)."""
+        assert self.voicing is not None and self.y_mean is not None and self.y_std is not None
+        return {"visual_keys": list(self.visual_keys), "cnn_state": self.cnn_state,
+                "y_mean": torch.from_numpy(self.y_mean), "y_std": torch.from_numpy(self.y_std),
+                "pitch_bias": float(self.pitch_bias), "voicing": self.voicing.to_state(),
+                "classifiers": {k: c.to_state() for k, c in self.classifiers.items()},
+                "quality": json.loads(json.dumps(self.quality)), "info": json.loads(json.dumps(self.info))}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> FactorEstimators:
+        return cls(tuple(d["visual_keys"]), d["cnn_state"], d["y_mean"].numpy(), d["y_std"].numpy(),
+                   float(d["pitch_bias"]), LinearClassifier.from_state(d["voicing"]),
+                   {k: LinearClassifier.from_state(c) for k, c in d["classifiers"].items()},
+                   dict(d["quality"]), dict(d["info"]))
 
 
 # ----------------------------------------------------------------------------------- training clips
@@ -478,14 +526,13 @@ def load_or_fit(synth_options: Mapping[str, Any], params: Mapping[str, Any], cro
     from avmdvae.atomic import atomic_path
 
     key = estimator_key(synth_options, params, n_train, n_test)
-    path = (cache or cache_dir()) / f"estimators-{key}.pkl"
+    path = (cache or cache_dir()) / f"estimators-{key}.pt"
     if path.is_file():
         try:
-            with open(path, "rb") as f:
-                est = pickle.load(f)
-            if isinstance(est, FactorEstimators) and est.info.get("version") == ESTIMATOR_VERSION:
+            est = FactorEstimators.from_state(torch.load(path, map_location="cpu", weights_only=True))
+            if est.info.get("version") == ESTIMATOR_VERSION:
                 return est
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        except Exception:  # unreadable or from another version: fit again and overwrite it
             pass
     seed, size = int(synth_options["seed"]), int(synth_options["size"])
     n_spk, fps = int(synth_options["n_speakers"]), float(params.get("fps", 30.0))
@@ -496,10 +543,10 @@ def load_or_fit(synth_options: Mapping[str, Any], params: Mapping[str, Any], cro
     est = FactorEstimators.fit(train, test, seed=seed, progress=progress)
     est.info["cache"] = str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(est, f)
+    with atomic_path(path) as tmp:
+        torch.save(est.to_state(), tmp)
     return est
 
 
-__all__ = ["ACC_MIN", "FactorEstimators", "MediaClip", "R2_MIN", "VISUAL_KEYS", "cache_dir", "estimator_key",
-           "fresh_clips", "load_or_fit", "log_bands", "media_clip", "pitch_track"]
+__all__ = ["ACC_MIN", "FactorEstimators", "LinearClassifier", "MediaClip", "R2_MIN", "VISUAL_KEYS", "cache_dir",
+           "estimator_key", "fresh_clips", "load_or_fit", "log_bands", "media_clip", "pitch_track"]
