@@ -17,7 +17,21 @@ from pathlib import Path
 
 from avmdvae.benchmark import PROFILES, run_benchmark
 from avmdvae.cli.app import progress_bars
+from avmdvae.constants import Progress
 from avmdvae.errors import AvmdvaeError
+
+
+def progress_lines() -> Progress:
+    """Progress as plain lines (a log file): one per step and tenth done."""
+    shown: dict[str, int] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if shown.get(name) != tenth:
+            shown[name] = tenth
+            print(f"   {name}: {done}/{total}", flush=True)
+
+    return update
 
 
 def main() -> int:
@@ -27,11 +41,12 @@ def main() -> int:
                     help="cpu: the 2-core recipe (<= 100 min); gpu: reference sizes on CUDA; tiny: a smoke test")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--workers", type=int, default=0, help="processes for synthesis and preprocessing (0: one per CPU)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars (training still logs its lines)")
+    ap.add_argument("--quiet", action="store_true", help="progress as plain lines, not bars (as in a log file)")
     args = ap.parse_args()
     t0 = time.time()
     try:
-        with progress_bars(args.quiet or not sys.stderr.isatty()) as progress:
+        with progress_bars(args.quiet or not sys.stderr.isatty()) as bars:
+            progress = bars if sys.stderr.isatty() and not args.quiet else progress_lines()
             summary = run_benchmark(args.out, args.profile, args.workers, args.device,
                                     step=lambda s: print(s, flush=True), progress=progress)
     except AvmdvaeError as e:
