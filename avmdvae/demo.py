@@ -241,15 +241,17 @@ def _readme(files: dict[str, Path], scores: dict[str, Any], a: Any, b: Any, run:
     return "\n".join(lines)
 
 
-def export_runs(runs: Path, dest: Path = SHIPPED) -> list[Path]:
-    """Copy trained demo runs into `dest` as inference-only checkpoints (see models/README.md)."""
+def export_runs(runs: Path, dest: Path = SHIPPED, corpus_description: str | None = None) -> list[Path]:
+    """Copy trained demo runs into `dest` as inference-only checkpoints (see models/README.md);
+    `corpus_description` names their training corpus in the domain check's warnings."""
     from avmdvae.training.checkpoint import slim_copy
 
     written = []
     hashes: dict[str, str] = {}
     for name in RUNS:
         target = dest / name / "best.pt"
-        hashes[name] = slim_copy(runs / name / "best.pt", target, stage1_hashes=hashes)
+        hashes[name] = slim_copy(runs / name / "best.pt", target, stage1_hashes=hashes,
+                                 corpus_description=corpus_description)
         for extra in ("config.yaml",):
             if (runs / name / extra).is_file():
                 shutil.copyfile(runs / name / extra, dest / name / extra)

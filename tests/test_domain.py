@@ -107,6 +107,10 @@ def test_inference_copies_keep_the_reference(runs, tmp_path):
     ck.slim_copy(runs.paths["visual"] / ck.BEST, tmp_path / "slim.pt")
     kept = ck.load_checkpoint(tmp_path / "slim.pt")[domain.DOMAIN_KEY]
     assert kept == ck.load_checkpoint(runs.paths["visual"] / ck.BEST)[domain.DOMAIN_KEY]
+    # a shipped copy names its corpus without the local folders; the reference itself is unchanged
+    ck.slim_copy(runs.paths["visual"] / ck.BEST, tmp_path / "named.pt", corpus_description="the benchmark corpus")
+    named = ck.load_checkpoint(tmp_path / "named.pt")[domain.DOMAIN_KEY]
+    assert named == {**kept, "corpus": "the benchmark corpus"}
 
 
 def test_out_of_domain_input_is_measured_and_warned_once(runs, caplog):

@@ -114,14 +114,18 @@ INFERENCE_KEYS = ("format", "format_version", "kind", "modality", "config", "cor
                   "epoch", "step", "best_val", "metrics", "domain", "versions")
 
 
-def slim_copy(src: str | Path, dst: str | Path, stage1_hashes: dict[str, str] | None = None) -> str:
+def slim_copy(src: str | Path, dst: str | Path, stage1_hashes: dict[str, str] | None = None,
+              corpus_description: str | None = None) -> str:
     """Write an inference-only copy of checkpoint `src` to `dst` (about a third of the size: no
     optimizer state) and return its sha256. For a stage-2 checkpoint, `stage1_hashes` maps stage-1
     run names (e.g. "vqvae-audio") to the sha256 of their slimmed copies, which replace the recorded
     ones so that `LoadedRun.stage1_models` accepts the copies. The corpus path is dropped (it is
-    machine-specific); its preprocessing parameters are kept."""
+    machine-specific); its preprocessing parameters are kept. `corpus_description` replaces the
+    training corpus' description of a stage-1 domain reference (which names local folders)."""
     state = {k: v for k, v in load_checkpoint(src).items() if k in INFERENCE_KEYS}
     state["corpus"] = {"path": "", "params": state["corpus"]["params"]}
+    if corpus_description is not None and isinstance(state.get("domain"), dict):
+        state["domain"] = {**state["domain"], "corpus": corpus_description}
     for ref in state.get("stage1", {}).values():
         name = Path(ref["run"]).name
         if stage1_hashes is None or name not in stage1_hashes:
