@@ -254,7 +254,7 @@ def test_the_shipped_demo_models_know_their_domain(runs, caplog):
     model = AVModel.load(SHIPPED / "mdvae")
     caplog.set_level(logging.WARNING, logger="avmdvae.domain")
     result = domain.check_inputs(model, [astronaut_clip()])
-    assert result.skipped == {} and "demo corpus" in result.corpus
+    assert result.skipped == {} and "benchmark corpus" in result.corpus
     assert "visual" in {c.modality for c in result.out_of_domain}
     (line,) = warnings_of(caplog)
-    assert line.startswith("warning: this input is unlike what the model was trained on (the demo corpus")
+    assert line.startswith("warning: this input is unlike what the model was trained on (the benchmark corpus")
