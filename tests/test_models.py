@@ -234,6 +234,25 @@ def test_mdvae_loss_is_the_negative_elbo_of_its_parts() -> None:
     _close(out.latents.za, out.posterior["za"][0] + out.posterior["za"][1].mul(0.5).exp() * noise["za"])
 
 
+def test_without_dynamic_prior_each_frame_pays_its_kl_to_a_standard_normal() -> None:
+    """dynamic_prior false: no prior parameters; KL(z) = sum over frames of KL(q(z_t) || N(0, I)), so a
+    latent that repeats the same value T times pays T times what w pays for it once."""
+    from torch.distributions import Normal, kl_divergence
+
+    m, d, xa, xv = _tiny_mdvae(dynamic_prior=False)
+    assert not any(".prior." in n for n, _ in m.named_parameters())
+    B, T = xa.shape[:2]
+    out = m(xa, xv, noise=_mdvae_noise(d, B, T))
+    for n in ("zav", "za", "zv"):
+        mp, lp = out.prior[n]
+        assert mp.shape == (B, T, getattr(d, f"{n}_dim")) and not mp.any() and not lp.any()
+        mq, lq = out.posterior[n]
+        want = kl_divergence(Normal(mq, lq.mul(0.5).exp()), Normal(0.0, 1.0)).sum() / B
+        _close(out.terms[f"kl_{n}"], want)
+    with_dyn, *_ = _tiny_mdvae()
+    assert any(".prior." in n for n, _ in with_dyn.named_parameters())
+
+
 def test_chains_are_causal_and_children_read_the_shared_latent() -> None:
     m, d, xa, xv = _tiny_mdvae()
     B, T = xa.shape[:2]

@@ -187,6 +187,9 @@ class MDVAEDims(_Dims):
     dec_hidden_a: list[int] = _widths(256)  # audio decoder [w, zav, za] -> feature mean
     dec_hidden_v: list[int] = _widths(512)  # visual decoder [w, zav, zv] -> feature mean
     learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood (of standardised features)
+    # False: p(z_t) = N(0, I) at every frame, so content that stays put costs its KL at every frame
+    # in a dynamical latent and once in w (docs/results.md, quality benchmark ablations)
+    dynamic_prior: bool = True
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:

@@ -134,11 +134,23 @@ class StaticEncoder(nn.Module):
         return self.head(torch.cat([h_n[0], h_n[1]], -1))
 
 
+class StandardNormal(nn.Module):
+    """A prior without dynamics: h (..., H) -> mean 0 and log-variance 0, each (..., z_dim)."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        zero = h.new_zeros(*h.shape[:-1], self.z_dim)
+        return zero, zero
+
+
 class Chain(nn.Module):
     """One dynamical latent z_t with its own recurrent state h_t over its past samples:
 
         h_1 = 0,  h_{t+1} = GRU(z_t, h_t)
-        p(z_t | z_{<t})      = N(prior(h_t))
+        p(z_t | z_{<t})      = N(prior(h_t))          (dynamic_prior=False: N(0, I) at every frame)
         q(z_t | c_t, h_t, p_t) = N(post(tanh(A c_t + R [h_t, p_t]) ...))
 
     c_t is the part of the posterior's input known before the loop (the frame's features and w), so
@@ -148,11 +160,12 @@ class Chain(nn.Module):
     def __init__(
         self, z_dim: int, context_dim: int, parent_dim: int, hidden: int,
         post_hidden: Sequence[int], prior_hidden: Sequence[int], parent: str | None = None,
+        dynamic_prior: bool = True,
     ) -> None:
         super().__init__()
         self.z_dim, self.hidden, self.parent = z_dim, hidden, parent
         self.cell = nn.GRUCell(z_dim, hidden)
-        self.prior = GaussianHead(hidden, prior_hidden, z_dim)
+        self.prior: nn.Module = GaussianHead(hidden, prior_hidden, z_dim) if dynamic_prior else StandardNormal(z_dim)
         self.post_context = nn.Linear(context_dim, post_hidden[0])
         self.post_recurrent = nn.Linear(hidden + parent_dim, post_hidden[0], bias=False)
         self.post_out = GaussianHead(post_hidden[0], post_hidden[1:], z_dim)

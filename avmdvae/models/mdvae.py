@@ -5,6 +5,7 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
 
     w ~ N(0, I)                                          static: speaker, global emotion      (84)
     z^c_t ~ N(prior_c(h^c_t)),  h^c_{t+1} = GRU_c(z^c_t, h^c_t),  h^c_1 = 0,  c in {av, a, v}
+                                                         (dynamic_prior false: z^c_t ~ N(0, I))
                                                          z^av: lips, formants (16)  z^a: pitch (8)
                                                          z^v: eyes, head (4)
     x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim (learn_obs_var)
@@ -67,9 +68,9 @@ class MDVAE(SequenceVAE):
         self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim)
         H, post, prior = d.chain_hidden, d.post_hidden, d.prior_hidden
         self.chains = nn.ModuleDict({
-            "zav": Chain(d.zav_dim, ea + ev + d.w_dim, 0, H, post, prior),
-            "za": Chain(d.za_dim, ea + d.w_dim, d.zav_dim, H, post, prior, parent="zav"),
-            "zv": Chain(d.zv_dim, ev + d.w_dim, d.zav_dim, H, post, prior, parent="zav"),
+            "zav": Chain(d.zav_dim, ea + ev + d.w_dim, 0, H, post, prior, dynamic_prior=d.dynamic_prior),
+            "za": Chain(d.za_dim, ea + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
+            "zv": Chain(d.zv_dim, ev + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
         })
         self.decoders = nn.ModuleDict({
             "audio": mlp(d.w_dim + d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
