@@ -5,9 +5,9 @@
 `results` is the dict built by avmdvae.evaluation.tasks (keys "meta", "resynth", "emotion",
 "disentangle", "denoise", "swap", "skipped"; any task may be absent; "swap" also writes its means
 as the top-level "swap_fidelity"). NaN / inf become null in the JSON.
-Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, denoise_<modality>.png,
-resynth.png. The files are written all or none (avmdvae.outputs): a failure while writing any of them
-leaves no partial report, and an earlier report in the folder stays as it was.
+Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, swap_fidelity.png,
+denoise_<modality>.png, resynth.png. The files are written all or none (avmdvae.outputs): a failure
+while writing any of them leaves no partial report, and an earlier report in the folder stays as it was.
 """
 
 from __future__ import annotations
@@ -246,6 +246,41 @@ def _plot_swap(d: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_fidelity(s: dict[str, Any], path: Path) -> Path:
+    """Swap fidelity per latent and modality (bars: mean ± std over pairs) with the ceiling (black tick)."""
+    plt = _plt()
+    from avmdvae.evaluation.swap import SWAP_LATENTS
+
+    latents = [k for k in SWAP_LATENTS if k in s["swap_fidelity"]]
+    latents += [k for k in s["swap_fidelity"] if k not in latents]
+    stats, ceiling = s.get("fidelity_stats", {}), s.get("ceiling", {})
+    fig, ax = plt.subplots(figsize=(1.3 * len(latents) + 2, 3.6))
+    width = 0.38
+    for k, mod in enumerate(("audio", "visual")):
+        x = np.arange(len(latents)) + (k - 0.5) * width
+        mean = np.array([_num(s["swap_fidelity"][lat].get(mod)) for lat in latents])
+        std = np.array([_num(stats.get(lat, {}).get(mod, {}).get("std")) for lat in latents])
+        has = np.isfinite(mean)  # n/a: a modality the latent should not change
+        ax.bar(x[has], mean[has], width, yerr=np.nan_to_num(std[has]), color=f"C{k}", label=mod, capsize=3)
+        top = np.array([_num(ceiling.get(lat, {}).get(mod)) for lat in latents])
+        ok = np.isfinite(top)
+        ax.plot(x[ok], top[ok], "_", color="k", markersize=18, mew=2,
+                label="ceiling (model's resynthesis of the counterfactual)" if k == 0 else None)
+        for xi, m in zip(x, mean, strict=True):
+            ax.text(xi, -1.12, "n/a" if not np.isfinite(m) else f"{m:.2f}", ha="center", fontsize=7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(latents)), latents)
+    ax.set_ylim(-1.2, 1.1)
+    ax.set_ylabel("fidelity (1 = counterfactual, 0 = no-op)")
+    ax.set_title(f"swap fidelity against the generator's counterfactual ({s.get('pairs', '?')} pairs)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
 DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
                    "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"))}
 
@@ -340,6 +375,7 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
             from avmdvae.evaluation.swap import markdown as swap_markdown
 
             md.append(swap_markdown(res["swap"]))
+            plot(_plot_fidelity, res["swap"], "swap_fidelity.png")
             res["swap_fidelity"] = res["swap"]["swap_fidelity"]  # swap_fidelity.<latent>.<audio|visual|mean>
         if plots:
             md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
