@@ -252,17 +252,17 @@ def _plot_fidelity(s: dict[str, Any], path: Path) -> Path:
     from avmdvae.evaluation.swap import SWAP_LATENTS
 
     latents = [k for k in SWAP_LATENTS if k in s["swap_fidelity"]]
-    latents += [k for k in s["swap_fidelity"] if k not in latents]
     stats, ceiling = s.get("fidelity_stats", {}), s.get("ceiling", {})
     fig, ax = plt.subplots(figsize=(1.3 * len(latents) + 2, 3.6))
     width = 0.38
     for k, mod in enumerate(("audio", "visual")):
         x = np.arange(len(latents)) + (k - 0.5) * width
-        mean = np.array([_num(s["swap_fidelity"][lat].get(mod)) for lat in latents])
-        std = np.array([_num(stats.get(lat, {}).get(mod, {}).get("std")) for lat in latents])
+        # None (a NaN in the cleaned results) becomes NaN again in a float64 array
+        mean = np.array([s["swap_fidelity"][lat].get(mod) for lat in latents], np.float64)
+        std = np.array([stats.get(lat, {}).get(mod, {}).get("std") for lat in latents], np.float64)
         has = np.isfinite(mean)  # n/a: a modality the latent should not change
         ax.bar(x[has], mean[has], width, yerr=np.nan_to_num(std[has]), color=f"C{k}", label=mod, capsize=3)
-        top = np.array([_num(ceiling.get(lat, {}).get(mod)) for lat in latents])
+        top = np.array([ceiling.get(lat, {}).get(mod) for lat in latents], np.float64)
         ok = np.isfinite(top)
         ax.plot(x[ok], top[ok], "_", color="k", markersize=18, mew=2,
                 label="ceiling (model's resynthesis of the counterfactual)" if k == 0 else None)
@@ -275,10 +275,6 @@ def _plot_fidelity(s: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"swap fidelity against the generator's counterfactual ({s.get('pairs', '?')} pairs)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
-
-
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
 DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
