@@ -253,6 +253,39 @@ def test_without_dynamic_prior_each_frame_pays_its_kl_to_a_standard_normal() -> 
     assert any(".prior." in n for n, _ in with_dyn.named_parameters())
 
 
+@pytest.mark.parametrize("view", ["frames", "deviations", "normalised"])
+def test_chain_inputs_hide_what_stays_put_in_a_window_from_the_dynamical_latents(view: str) -> None:
+    """With unprojected inputs (proj = []), a per-clip offset of the features (and, for "normalised", a
+    per-dimension gain) moves the chains' posteriors only when they see the frames as they are; in both
+    training (forward) and whole-clip inference (encode_sequence, several windows). q(w) is held fixed so
+    that w cannot pass the change on."""
+    m, d, xa, xv = _tiny_mdvae(proj_a=[], proj_v=[], chain_inputs=view)
+    with torch.no_grad():
+        for n, p in m.q_w.named_parameters():
+            if "head" in n and n.endswith("weight"):
+                p.zero_()  # q(w | .) = its bias, whatever the input
+    B, T = xa.shape[:2]
+    offset_a, offset_v = torch.randn(B, 1, d.feat_a, dtype=xa.dtype), torch.randn(B, 1, d.feat_v, dtype=xv.dtype)
+    gain = 3.0 if view == "normalised" else 1.0
+    xa2, xv2 = gain * xa + offset_a, gain * xv + offset_v
+    noise = _mdvae_noise(d, B, T)
+    a, b = m(xa, xv, noise=noise), m(xa2, xv2, noise=noise)
+    same = [torch.allclose(a.posterior[n][0], b.posterior[n][0], atol=1e-4) for n in ("zav", "za", "zv")]
+    long_a = torch.cat([xa, xa.flip(1), xa], 1)  # 3 T frames: whole-clip inference runs several windows
+    long_v = torch.cat([xv, xv.flip(1), xv], 1)
+    la, lb = m.encode_sequence(long_a, long_v), m.encode_sequence(gain * long_a + offset_a, gain * long_v + offset_v)
+    same_clip = [torch.allclose(getattr(la, n), getattr(lb, n), atol=1e-4) for n in ("zav", "za", "zv")]
+    if view == "frames":
+        assert not any(same) and not any(same_clip)
+    else:
+        assert all(same) and all(same_clip)
+
+
+def test_chain_inputs_must_be_a_known_view() -> None:
+    with pytest.raises(ConfigError, match="chain_inputs must be one of frames, deviations, normalised"):
+        MDVAEDims.from_dict({"chain_inputs": "centred"})
+
+
 def test_chains_are_causal_and_children_read_the_shared_latent() -> None:
     m, d, xa, xv = _tiny_mdvae()
     B, T = xa.shape[:2]

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
 
+CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
+
 _D = TypeVar("_D", bound="_Dims")
 
 
@@ -190,12 +192,19 @@ class MDVAEDims(_Dims):
     # False: p(z_t) = N(0, I) at every frame, so content that stays put costs its KL at every frame
     # in a dynamical latent and once in w (docs/results.md, quality benchmark ablations)
     dynamic_prior: bool = True
+    # what q(z^c_t) sees of the frames: "frames" (as they are, the paper), "deviations" (minus the window's
+    # mean) or "normalised" (also over its std): then what stays put in a window reaches the decoders
+    # only through w (layers.window_view; docs/results.md, quality benchmark ablations)
+    chain_inputs: str = "frames"
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
         super().validate()
         if not self.post_hidden:
             raise ConfigError("MDVAEDims.post_hidden needs at least one layer width")
+        if self.chain_inputs not in CHAIN_INPUTS:
+            valid = ", ".join(CHAIN_INPUTS)
+            raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
 
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:

@@ -6,6 +6,8 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     GaussianHead   x -> (mean, logvar)
     StaticEncoder  q(w | e_{1:T}): bidirectional nn.GRU (cuDNN on a GPU), final states -> GaussianHead
     Chain          one dynamical latent: GRU state over its own past samples, prior and posterior heads
+    window_view    what the chains' posteriors see of the frames: as they are, or without the window's
+                   mean (and scale), so that what stays put in a window can reach the decoders only via w
     unroll         advances several chains together, frame by frame (the models' only time loop)
 """
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
+from avmdvae.models.config import CHAIN_INPUTS
 
 LOG_2PI = math.log(2.0 * math.pi)
 STD_FLOOR = 1e-3  # relative floor of a standardised dimension's std (a constant dimension stays finite)
@@ -106,6 +109,23 @@ class Standardize(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * self.std + self.mean
+
+
+def window_view(e: Tensor, mode: str = "frames") -> Tensor:
+    """Per-frame embeddings (B, T, E) as the dynamical posteriors see them.
+
+    "frames": unchanged. "deviations": minus their mean over the window's T frames. "normalised": also
+    divided by their std over the window (instance normalisation over time, as content encoders of voice
+    conversion do to drop the speaker). Anything constant over the window is then invisible to the chains.
+    """
+    if mode == "frames":
+        return e
+    if mode not in CHAIN_INPUTS:
+        raise ConfigError(f"unknown chain input view {mode!r}; use one of {', '.join(CHAIN_INPUTS)}")
+    centred = e - e.mean(1, keepdim=True)
+    if mode == "deviations":
+        return centred
+    return centred * torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + 1e-5)
 
 
 class GaussianHead(nn.Module):

@@ -17,6 +17,8 @@ Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = pro
     q(z^av_t | e^a_t, e^v_t, w, h^av_t)
     q(z^a_t  | e^a_t, w, h^a_t, z^av_t)
     q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
+                                      (chain_inputs "deviations" / "normalised": the chains see e^m_t
+                                      minus its mean over the window / also over its std)
 
 where h^c_t is the same GRU state over the chain's own past samples that parametrises its prior. The
 loss is the negative ELBO (sum over frames, KL terms weighted by beta and the warm-up factor), divided by
@@ -60,7 +62,7 @@ class MDVAE(SequenceVAE):
     def __init__(self, dims: MDVAEDims | None = None) -> None:
         super().__init__()
         self.dims = d = dims or MDVAEDims()
-        self.w_dim, self.seq_len = d.w_dim, d.seq_len
+        self.w_dim, self.seq_len, self.chain_inputs = d.w_dim, d.seq_len, d.chain_inputs
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)

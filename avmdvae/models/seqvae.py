@@ -28,6 +28,7 @@ from avmdvae.models.layers import (
     reparameterize,
     sample_chains,
     unroll,
+    window_view,
 )
 
 
@@ -111,6 +112,7 @@ class SequenceVAE(nn.Module):
     obs_logvar: nn.ParameterDict | None  # modality -> log-variance (D,) of the likelihood; None: unit
     w_dim: int
     seq_len: int
+    chain_inputs: str = "frames"  # what the chains' posteriors see of the embeddings (layers.window_view)
 
     def _init_likelihood(self, dims: Mapping[str, int], learn: bool) -> None:
         self.obs_logvar = nn.ParameterDict({m: torch.zeros(d) for m, d in dims.items()}) if learn else None
@@ -196,7 +198,8 @@ class SequenceVAE(nn.Module):
         y, e = self._embed(x)
         w_mean, w_logvar = self.q_w(torch.cat(list(e.values()), -1))
         w = reparameterize(w_mean, w_logvar, eps["w"])
-        ch = unroll(self.chains, self.contexts(e, w[:, None].expand(-1, T, -1)), eps)
+        ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
+        ch = unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
         means = self._decode(w, {n: o.z for n, o in ch.items()})
 
         nll = {m: gaussian_nll(y[m], means[m], self.obs_logvar[m] if self.obs_logvar else None) for m in y}
@@ -245,7 +248,8 @@ class SequenceVAE(nn.Module):
 
         wins = windows(N, T, hop)
         L = wins[0][1] - wins[0][0]
-        ew = {m: torch.cat([v[:, a:b] for a, b in wins]) for m, v in e.items()}  # (len(wins) * B, L, E)
+        ew = {m: window_view(torch.cat([v[:, a:b] for a, b in wins]), self.chain_inputs)
+              for m, v in e.items()}  # (len(wins) * B, L, E)
         ww = w.repeat(len(wins), 1)[:, None].expand(-1, L, -1)
         zeros = {n: eav.new_zeros(len(wins) * B, L, c.z_dim) for n, c in self.chains.items()}
         ch = unroll(self.chains, self.contexts(ew, ww), zeros)
