@@ -150,6 +150,33 @@ def test_kl_weights_per_latent_reach_the_loss():
     assert torch.allclose(out.loss, expect, atol=1e-5)
 
 
+def test_beta_start_moves_each_kl_weight_to_its_beta_over_the_warm_up(corpus, stage1):
+    """train.beta_start: per-latent weights go linearly from their start to train.beta over kl_warmup_steps,
+    with no 0 -> 1 factor; validation uses the final weights; without it, beta and the factor as before."""
+    names = ("w", "zav", "za", "zv")
+    sets = ["train.beta={w: 0.5, zav: 1}", "train.beta_start={zav: 10, za: 10, zv: 3}", "train.kl_warmup_steps=100"]
+    task = MDVAETask(corpus, stage1["audio"], stage1["visual"], tiny_config("mdvae", None, *sets))
+    beta, factor = task.kl_weights(names, 0, train=True)
+    assert factor == 1.0 and beta["w"] == 0.5 and beta["zv"] == pytest.approx(3 - 0.02)  # w: not named, no ramp
+    assert beta["zav"] == pytest.approx(10 - 0.09) and beta["za"] == pytest.approx(10 - 0.09)
+    assert task.kl_weights(names, 49, train=True)[0] == pytest.approx({"w": 0.5, "zav": 5.5, "za": 5.5, "zv": 2.0})
+    final = {"w": 0.5, "zav": 1.0, "za": 1.0, "zv": 1.0}
+    assert task.kl_weights(names, 99, train=True) == (pytest.approx(final), 1.0)
+    assert task.kl_weights(names, 5000, train=True) == (pytest.approx(final), 1.0)
+    assert task.kl_weights(names, 0, train=False) == (pytest.approx(final), 1.0)
+    plain = MDVAETask(corpus, stage1["audio"], stage1["visual"], tiny_config("mdvae", None, *sets[::2]))
+    assert plain.kl_weights(names, 49, train=True) == (final, pytest.approx(0.5))
+    for bad in ("train.beta_start={za: -1}", "train.beta_start=high"):
+        with pytest.raises(ConfigError, match="train.beta_start must be a number >= 0"):
+            tiny_config("mdvae", None, bad)
+    typo = MDVAETask(corpus, stage1["audio"], stage1["visual"], tiny_config("mdvae", None, "train.beta_start={z: 2}"))
+    with pytest.raises(ConfigError, match="unknown beta key"):
+        typo.kl_weights(names, 0, train=True)
+    one = tiny_config("mdvae", None, "train.beta_start=4", "train.kl_warmup_steps=10")  # beta 1 in the tiny config
+    one_task = MDVAETask(corpus, stage1["audio"], stage1["visual"], one)
+    assert one_task.kl_weights(names, 0, train=True)[0] == pytest.approx(dict.fromkeys(names, 3.7))
+
+
 def test_config_yaml_overrides_and_types(tmp_path):
     cfg = resolve(
         "vqvae",

@@ -56,6 +56,10 @@ class TrainSettings:
     # beta: one weight for every KL term, or per latent, e.g. {w: 1.0, zav: 0.5} (missing latents: 1).
     beta: float | dict[str, float] = 1.0
     kl_warmup_steps: int = -1
+    # None: the warm-up above. Otherwise the KL weights at step 0 (a number or latent -> number; latents
+    # not named start at their beta), moving linearly to `beta` over kl_warmup_steps with no 0 -> 1
+    # factor: e.g. {zav: 10, za: 10, zv: 10} makes the dynamical latents dear while w is learnt first.
+    beta_start: float | dict[str, float] | None = None
 
 
 @dataclass
@@ -275,6 +279,8 @@ def validate(config: dict[str, Any]) -> None:
         (t["max_val_batches"] >= 0, "train.max_val_batches must be >= 0 (0 = no cap)"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = at epoch ends only)"),
         (_beta_ok(t["beta"]), "train.beta must be a number >= 0 or latent -> number >= 0, e.g. {w: 1, zav: 0.5}"),
+        (t.get("beta_start") is None or _beta_ok(t["beta_start"]),
+         "train.beta_start must be a number >= 0 or latent -> number >= 0, e.g. {zav: 10, za: 10, zv: 10}"),
         (config["data"]["window_hop"] >= 1, "data.window_hop must be >= 1"),
     ]
     for ok, message in checks:

@@ -9,6 +9,7 @@ the wrong kind, modality or shape, corpus preprocessed with other parameters tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from avmdvae.constants import MODALITIES
 from avmdvae.corpus import Corpus, PreprocessParams
 from avmdvae.errors import ConfigError
 from avmdvae.models import build_model
+from avmdvae.models.seqvae import resolve_beta
 from avmdvae.training import checkpoint as ck
 from avmdvae.training.datasets import FeatureWindows, FrameDataset
 from avmdvae.training.distributed import DistInfo, barrier, epoch_permutation
@@ -233,6 +235,21 @@ class _Stage2Task:
             return 1.0
         return min(1.0, (step + 1) / warmup)
 
+    def kl_weights(self, names: Sequence[str], step: int, train: bool) -> tuple[dict[str, float], float]:
+        """(latent -> KL weight, warm-up factor) at this step; validation sees the final weights.
+
+        Without train.beta_start: train.beta and the 0 -> 1 warm-up factor. With it: each weight moves
+        linearly from its beta_start (latents it does not name: their beta) to its beta over the same
+        steps, under a factor of 1.
+        """
+        t = self.config["train"]
+        beta, ramp = resolve_beta(t["beta"], names), self.kl_weight(step, train)
+        if t.get("beta_start") is None:
+            return beta, ramp
+        given, named = t["beta_start"], resolve_beta(t["beta_start"], names)  # checks the latent names
+        start = {n: named[n] if not isinstance(given, dict) or n in given else beta[n] for n in names}
+        return {n: start[n] + ramp * (beta[n] - start[n]) for n in names}, 1.0
+
     def noise(
         self, model: nn.Module, batch_size: int, T: int, device: torch.device
     ) -> dict[str, torch.Tensor]:
@@ -253,9 +270,8 @@ class _Stage2Task:
     ) -> tuple[torch.Tensor, dict]:
         x = inputs[0]
         noise = self.noise(model, x.shape[0], x.shape[1], x.device) if train else None
-        out = model(
-            *inputs, beta=self.config["train"]["beta"], kl_weight=self.kl_weight(step, train), noise=noise
-        )
+        beta, kl_weight = self.kl_weights(model.latent_names, step, train)  # type: ignore[arg-type]
+        out = model(*inputs, beta=beta, kl_weight=kl_weight, noise=noise)
         return out.loss, {k: v for k, v in out.metrics().items() if k != "loss"}
 
     def frames(self, batch: dict[str, Any]) -> int:
