@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import unroll
+from avmdvae.models.layers import FiLMDecoder, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -207,6 +207,43 @@ def test_mdvae_gradients_match_finite_differences(learn_var: bool) -> None:
         return out.loss
 
     assert torch.autograd.gradcheck(loss, (xa, xv, *chosen))
+
+
+def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z() -> None:
+    """decoder "film": h = tanh(A z + a) * (1 + g(w)) + s(w) per hidden layer; at initialisation g = s = 0,
+    so w has no effect until it is learnt; the model trains through it (gradcheck)."""
+    torch.manual_seed(0)
+    dec = FiLMDecoder(3, 5, [6, 4], 2).double()
+    w, z = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    assert torch.equal(dec(torch.cat([w, z], -1)), dec(torch.cat([torch.zeros_like(w), z], -1)))
+    with torch.no_grad():
+        dec.film.weight.normal_()
+        dec.film.bias.normal_()
+    g, s = dec.film(w).chunk(2, -1)
+    h = torch.tanh(dec.layers[0](z)) * (1 + g[:, :6]) + s[:, :6]
+    h = torch.tanh(dec.layers[1](h)) * (1 + g[:, 6:]) + s[:, 6:]
+    _close(dec(torch.cat([w, z], -1)), dec.out(h))
+    with pytest.raises(ConfigError, match="film needs hidden layers"):
+        MDVAEDims.from_dict({"decoder": "film", "dec_hidden_a": []})
+    with pytest.raises(ConfigError, match="decoder must be one of concat, film"):
+        MDVAEDims.from_dict({"decoder": "adain"})
+
+    m, d, xa, xv = _tiny_mdvae(B=2, T=4, decoder="film")
+    with torch.no_grad():
+        for dec in m.decoders.values():
+            dec.film.weight.normal_(0, 0.3)
+    noise = _mdvae_noise(d, 2, 4)
+    names = ["decoders.audio.film.weight", "decoders.visual.layers.0.weight", "q_w.head.net.0.bias"]
+    params = dict(m.named_parameters())
+    chosen = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
+
+    def loss(*ps):
+        return torch.func.functional_call(m, {**params, **dict(zip(names, ps, strict=True))}, (xa, xv),
+                                          {"noise": noise}).loss
+
+    assert torch.autograd.gradcheck(loss, chosen)
+    lat = m.encode_sequence(xa, xv)
+    assert [t.shape for t in m.decode(lat)] == [xa.shape, xv.shape]
 
 
 def test_mdvae_loss_is_the_negative_elbo_of_its_parts() -> None:

@@ -22,6 +22,7 @@ from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
+DECODERS = ("concat", "film")  # MDVAEDims.decoder, layers.decoder
 
 _D = TypeVar("_D", bound="_Dims")
 
@@ -196,6 +197,9 @@ class MDVAEDims(_Dims):
     # mean) or "normalised" (also over its std): then what stays put in a window reaches the decoders
     # only through w (layers.window_view; docs/results.md, quality benchmark ablations)
     chain_inputs: str = "frames"
+    # how the decoders read w: "concat" (one more input of the MLP, the paper) or "film" (w scales and
+    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
+    decoder: str = "concat"
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
@@ -205,6 +209,10 @@ class MDVAEDims(_Dims):
         if self.chain_inputs not in CHAIN_INPUTS:
             valid = ", ".join(CHAIN_INPUTS)
             raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "film" and not (self.dec_hidden_a and self.dec_hidden_v):
+            raise ConfigError("MDVAEDims.decoder film needs hidden layers: set dec_hidden_a and dec_hidden_v")
 
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:

@@ -6,6 +6,7 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     GaussianHead   x -> (mean, logvar)
     StaticEncoder  q(w | e_{1:T}): bidirectional nn.GRU (cuDNN on a GPU), final states -> GaussianHead
     Chain          one dynamical latent: GRU state over its own past samples, prior and posterior heads
+    FiLMDecoder    [w, z] -> MLP over z whose hidden layers w scales and shifts (decoders "film")
     window_view    what the chains' posteriors see of the frames: as they are, or without the window's
                    mean (and scale), so that what stays put in a window can reach the decoders only via w
     unroll         advances several chains together, frame by frame (the models' only time loop)
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
-from avmdvae.models.config import CHAIN_INPUTS
+from avmdvae.models.config import CHAIN_INPUTS, DECODERS
 
 LOG_2PI = math.log(2.0 * math.pi)
 STD_FLOOR = 1e-3  # relative floor of a standardised dimension's std (a constant dimension stays finite)
@@ -109,6 +110,46 @@ class Standardize(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * self.std + self.mean
+
+
+class FiLMDecoder(nn.Module):
+    """x = [w, z] (..., w_dim + z_dim), w first -> (..., out_dim).
+
+        h_0 = z,   h_k = tanh(A_k h_{k-1} + a_k) * (1 + g_k(w)) + s_k(w),   out = Linear(h_K)
+
+    w modulates every hidden unit (feature-wise linear modulation, Perez et al. 2018) instead of being
+    one more input of the MLP: a static code can rescale what the dynamical ones say, e.g. a speaker's
+    formant scale applied to an articulation. g and s start at 0 (the plain MLP over z).
+    """
+
+    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        if not hidden:
+            raise ConfigError("a FiLM decoder needs at least one hidden layer width")
+        self.w_dim, self.widths = w_dim, list(hidden)
+        dims = [z_dim, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.film = nn.Linear(w_dim, 2 * sum(hidden))
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.out = nn.Linear(dims[-1], out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, h = x[..., : self.w_dim], x[..., self.w_dim :]
+        gains, shifts = self.film(w).chunk(2, -1)
+        for layer, g, s in zip(self.layers, gains.split(self.widths, -1), shifts.split(self.widths, -1), strict=True):
+            h = torch.tanh(layer(h)) * (1.0 + g) + s
+        return self.out(h)
+
+
+def decoder(kind: str, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Module:
+    """A per-frame decoder of [w, z] (w first): "concat", one MLP over the concatenation (the paper), or
+    "film" (FiLMDecoder)."""
+    if kind == "concat":
+        return mlp(w_dim + z_dim, hidden, out_dim)
+    if kind == "film":
+        return FiLMDecoder(w_dim, z_dim, hidden, out_dim)
+    raise ConfigError(f"unknown decoder {kind!r}; use one of {', '.join(DECODERS)}")
 
 
 def window_view(e: Tensor, mode: str = "frames") -> Tensor:

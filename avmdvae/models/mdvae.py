@@ -9,7 +9,8 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
                                                          z^av: lips, formants (16)  z^a: pitch (8)
                                                          z^v: eyes, head (4)
     x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim (learn_obs_var)
-    x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)
+    x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)            dec: an MLP over [w, z's], or (decoder "film")
+                                                         one over the z's whose hidden units w modulates
 
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.models.config import MDVAEDims
-from avmdvae.models.layers import Chain, Standardize, StaticEncoder, mlp, mlp_out
+from avmdvae.models.layers import Chain, Standardize, StaticEncoder, decoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
 
 MDVAEOutput = SeqVAEOutput
@@ -75,8 +76,8 @@ class MDVAE(SequenceVAE):
             "zv": Chain(d.zv_dim, ev + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
         })
         self.decoders = nn.ModuleDict({
-            "audio": mlp(d.w_dim + d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
-            "visual": mlp(d.w_dim + d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v),
+            "audio": decoder(d.decoder, d.w_dim, d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
+            "visual": decoder(d.decoder, d.w_dim, d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v),
         })
         self._init_likelihood({"audio": d.feat_a, "visual": d.feat_v}, d.learn_obs_var)
 
