@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import FiLMDecoder, StaticEncoder, unroll
+from avmdvae.models.layers import FiLMDecoder, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -244,30 +244,6 @@ def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z(
     assert torch.autograd.gradcheck(loss, chosen)
     lat = m.encode_sequence(xa, xv)
     assert [t.shape for t in m.decode(lat)] == [xa.shape, xv.shape]
-
-
-def test_w_per_modality_reads_each_modality_with_its_own_gru() -> None:
-    """w_per_modality: q(w) = head([final states of a GRU over e^a, final states of a GRU over e^v]); the
-    model trains through both (gradcheck) and infers whole clips."""
-    m, d, xa, xv = _tiny_mdvae(B=2, T=4, w_per_modality=True)
-    _, e = m._embed({"audio": xa, "visual": xv})
-    (ga, gv), head = m.q_w.grus, m.q_w.head
-    states = [*ga(e["audio"])[1], *gv(e["visual"])[1]]  # forward and backward final states of each
-    for got, want in zip(m.q_w(torch.cat([e["audio"], e["visual"]], -1)), head(torch.cat(states, -1)), strict=True):
-        _close(got, want)
-    with pytest.raises(ConfigError, match="do not add up"):
-        StaticEncoder(10, 4, [], 3, parts=[4, 5])
-    noise = _mdvae_noise(d, 2, 4)
-    names = ["q_w.grus.0.weight_ih_l0", "q_w.grus.1.weight_hh_l0_reverse", "q_w.head.net.0.weight"]
-    params = dict(m.named_parameters())
-    chosen = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
-
-    def loss(*ps):
-        return torch.func.functional_call(m, {**params, **dict(zip(names, ps, strict=True))}, (xa, xv),
-                                          {"noise": noise}).loss
-
-    assert torch.autograd.gradcheck(loss, chosen)
-    assert m.encode_sequence(torch.cat([xa, xa], 1), torch.cat([xv, xv], 1)).w.shape == (2, d.w_dim)
 
 
 def test_mdvae_loss_is_the_negative_elbo_of_its_parts() -> None:

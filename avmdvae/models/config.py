@@ -200,7 +200,6 @@ class MDVAEDims(_Dims):
     # how the decoders read w: "concat" (one more input of the MLP, the paper) or "film" (w scales and
     # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
     decoder: str = "concat"
-    w_per_modality: bool = False  # q(w): one GRU over [e^a_t, e^v_t] (the paper), or one GRU per modality
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:

@@ -182,30 +182,17 @@ class GaussianHead(nn.Module):
 
 
 class StaticEncoder(nn.Module):
-    """q(w | e_{1:T}): a bidirectional GRU reads the frames; its two final states -> GaussianHead.
+    """q(w | e_{1:T}): a bidirectional GRU reads the frames; its two final states -> GaussianHead."""
 
-    parts: the widths of the input's parts (e.g. the audio and the visual embeddings) to give each its
-    own GRU, all final states going to the head; None: one GRU over the whole input (the paper).
-    """
-
-    def __init__(self, in_dim: int, hidden: int, head_hidden: Sequence[int], w_dim: int,
-                 parts: Sequence[int] | None = None) -> None:
+    def __init__(self, in_dim: int, hidden: int, head_hidden: Sequence[int], w_dim: int) -> None:
         super().__init__()
-        if parts is None:
-            self.gru = nn.GRU(in_dim, hidden, bidirectional=True, batch_first=True)
-        else:
-            if sum(parts) != in_dim:
-                raise ConfigError(f"StaticEncoder parts {list(parts)} do not add up to its input width {in_dim}")
-            self.parts = list(parts)
-            self.grus = nn.ModuleList(nn.GRU(p, hidden, bidirectional=True, batch_first=True) for p in parts)
-        self.head = GaussianHead(2 * hidden * (1 if parts is None else len(parts)), head_hidden, w_dim)
+        self.gru = nn.GRU(in_dim, hidden, bidirectional=True, batch_first=True)
+        self.head = GaussianHead(2 * hidden, head_hidden, w_dim)
 
     def forward(self, e: Tensor) -> tuple[Tensor, Tensor]:
         """e (B, T, in) -> (mean, logvar), each (B, w_dim)."""
-        pairs = [(self.gru, e)] if hasattr(self, "gru") else zip(self.grus, e.split(self.parts, -1), strict=True)
-        # (2, B, H) per GRU: the forward direction after frame T, the backward one after frame 1
-        states = [h for gru, x in pairs for h in gru(x)[1]]
-        return self.head(torch.cat(states, -1))
+        _, h_n = self.gru(e)  # (2, B, H): forward direction after frame T, backward after frame 1
+        return self.head(torch.cat([h_n[0], h_n[1]], -1))
 
 
 class StandardNormal(nn.Module):

@@ -15,7 +15,6 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
     q(w | x_{1:T})                    bidirectional GRU over [e^a_t, e^v_t], final states -> Gaussian
-                                      (w_per_modality: one GRU per modality, all final states)
     q(z^av_t | e^a_t, e^v_t, w, h^av_t)
     q(z^a_t  | e^a_t, w, h^a_t, z^av_t)
     q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
@@ -69,7 +68,7 @@ class MDVAE(SequenceVAE):
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)
 
-        self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim, [ea, ev] if d.w_per_modality else None)
+        self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim)
         H, post, prior = d.chain_hidden, d.post_hidden, d.prior_hidden
         self.chains = nn.ModuleDict({
             "zav": Chain(d.zav_dim, ea + ev + d.w_dim, 0, H, post, prior, dynamic_prior=d.dynamic_prior),
