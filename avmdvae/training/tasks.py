@@ -246,8 +246,9 @@ class _Stage2Task:
         beta, ramp = resolve_beta(t["beta"], names), self.kl_weight(step, train)
         if t.get("beta_start") is None:
             return beta, ramp
-        given, named = t["beta_start"], resolve_beta(t["beta_start"], names)  # checks the latent names
-        start = {n: named[n] if not isinstance(given, dict) or n in given else beta[n] for n in names}
+        start = resolve_beta(t["beta_start"], names)  # checks the latent names
+        if isinstance(t["beta_start"], dict):  # the latents it does not name start at their beta
+            start = {n: start[n] if n in t["beta_start"] else beta[n] for n in names}
         return {n: start[n] + ramp * (beta[n] - start[n]) for n in names}, 1.0
 
     def noise(
