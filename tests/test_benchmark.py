@@ -3,7 +3,12 @@ whole pipeline at toy size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -118,4 +123,67 @@ def test_the_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
     assert rep["emotion"]["speakers"] == 3  # every new speaker, not only a test split
     steps.clear()
     bm.run_benchmark(out, "tiny", workers=1, device="cpu", step=steps.append, train_progress=False)
+    assert sum("already trained" in s for s in steps) == len(bm.RUNS)
+
+
+# ------------------------------------------------------------------ bench/gpu_visit.py (a lent GPU's budget)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _gpu_visit():
+    spec = importlib.util.spec_from_file_location("gpu_visit", REPO / "bench" / "gpu_visit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_visit_fits_each_schedule_inside_the_steps_it_can_afford():
+    gv = _gpu_visit()
+    stage1 = {"train": {"batch_size": 128, "max_steps_per_epoch": 2000, "warmup_steps": 500}}
+    sets, total = gv.fit_schedule(stage1, n_train=92_000, steps=9_000)  # 718 steps per epoch
+    assert "train.epochs=12" in sets and total == 12 * 718
+    assert "train.warmup_steps=500" in sets
+    sets, total = gv.fit_schedule(stage1, n_train=92_000, steps=300)  # fewer steps per epoch, 3 epochs
+    assert total == 300 and "train.epochs=3" in sets and "train.max_steps_per_epoch=100" in sets
+    assert "train.warmup_steps=30" in sets  # the LR warm-up shrinks with the run
+    stage2 = {"train": {"batch_size": 256, "max_steps_per_epoch": 0, "warmup_steps": 200, "kl_warmup_steps": 2000}}
+    sets, total = gv.fit_schedule(stage2, n_train=7_700, steps=1_000)  # 30 steps per epoch
+    assert total == 33 * 30 and f"train.kl_warmup_steps={total // 5}" in sets  # the KL warm-up ends in the run
+
+
+def test_the_gpu_visit_reads_steps_per_second_from_the_probe_metrics(tmp_path):
+    gv = _gpu_visit()
+    lines = [{"split": "train", "step": 20, "frames_per_s": 100.0}, {"split": "val", "step": 40, "loss": 1.0},
+             {"split": "train", "step": 40, "frames_per_s": 2560.0}, {"split": "train", "step": 60,
+                                                                     "frames_per_s": 2816.0}]
+    (tmp_path / gv.METRICS_FILE).write_text("\n".join(json.dumps(x) for x in lines))
+    assert gv.measured_rate(tmp_path, frames_per_step=128) == pytest.approx(21.0)  # the first window is warm-up
+    (tmp_path / gv.METRICS_FILE).write_text(json.dumps({"split": "val", "loss": 1.0}))
+    with pytest.raises(RuntimeError, match="no throughput"):
+        gv.measured_rate(tmp_path, frames_per_step=128)
+
+
+@pytest.mark.slow  # toy corpus + five toy trainings inside a 150 s budget, then the benchmark keeps them
+def test_the_gpu_visit_packs_runs_that_the_benchmark_keeps(tmp_path):
+    import torch
+
+    out, pack = tmp_path / "visit", tmp_path / "pack"
+    subprocess.run([sys.executable, str(REPO / "bench" / "gpu_visit.py"), "--out", str(out), "--budget", "150",
+                    "--pack", str(pack), "--profile", "tiny", "--device", "cpu", "--workers", "1"],
+                   check=True, cwd=REPO, capture_output=True, text=True)
+    visit = json.loads((pack / "visit.json").read_text())
+    assert [r["run"] for r in visit["runs"]] == list(bm.RUNS)
+    for r in visit["runs"]:
+        assert "error" not in r and r["steps"] >= 1 and r["wall_s"] < 150, r
+    pieces = sorted(pack.glob("runs.tar.*"))
+    assert pieces and all(p.stat().st_size <= 15 * 2**20 for p in pieces)
+    joined = tmp_path / "runs.tar"
+    joined.write_bytes(b"".join(p.read_bytes() for p in pieces))
+    runs = tmp_path / "bench" / "runs"
+    with tarfile.open(joined) as tar:
+        tar.extractall(runs, filter="data")
+    state = torch.load(runs / "mdvae" / "best.pt", map_location="cpu", weights_only=True)
+    assert "optimizer" not in state and state["stage1"]["audio"]["run"] == "vqvae-audio"  # slim, movable
+    steps: list[str] = []
+    bm.train_recipe(tmp_path / "no-corpus-needed", runs, bm.PROFILES["tiny"], "cpu", steps.append, False)
     assert sum("already trained" in s for s in steps) == len(bm.RUNS)
