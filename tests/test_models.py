@@ -318,32 +318,6 @@ def test_chain_inputs_hide_what_stays_put_in_a_window_from_the_dynamical_latents
         assert all(same) and all(same_clip)
 
 
-def test_w_modality_dropout_shows_q_w_one_modality_in_a_share_of_training_windows() -> None:
-    """In training, a share p of the windows infer w from one modality only (half of them audio, half
-    visual): changing the dropped modality leaves their q(w) as it was. Validation and whole-clip
-    inference always read both."""
-    p, B = 0.5, 600
-    m, d, xa, xv = _tiny_mdvae(B=B, T=5, w_modality_dropout=p)
-    noise = _mdvae_noise(d, B, 5)
-    moved = {}
-    for name, (a2, v2) in {"audio": (xa + torch.randn_like(xa), xv), "visual": (xa, xv + torch.randn_like(xv))}.items():
-        torch.manual_seed(7)  # the same windows are dropped in both passes
-        before = m(xa, xv, noise=noise).posterior["w"][0]
-        torch.manual_seed(7)
-        after = m(a2, v2, noise=noise).posterior["w"][0]
-        moved[name] = ~torch.isclose(before, after, atol=1e-9).all(-1)
-    blind = {k: 1 - v.double().mean().item() for k, v in moved.items()}  # share of windows that missed it
-    assert blind["audio"] == pytest.approx(p / 2, abs=0.06) and blind["visual"] == pytest.approx(p / 2, abs=0.06)
-    assert not (~moved["audio"] & ~moved["visual"]).any()  # never both dropped
-    m.eval()
-    a, b = m(xa, xv, noise=noise), m(xa, xv + torch.randn_like(xv), noise=noise)
-    assert not torch.isclose(a.posterior["w"][0], b.posterior["w"][0], atol=1e-9).all(-1).any()
-    la, lb = m.encode_sequence(xa, xv), m.encode_sequence(xa, xv + torch.randn_like(xv))
-    assert not torch.isclose(la.w, lb.w, atol=1e-9).all(-1).any()
-    with pytest.raises(ConfigError, match="w_modality_dropout must be in"):
-        MDVAEDims.from_dict({"w_modality_dropout": 1.0})
-
-
 def test_chain_inputs_must_be_a_known_view() -> None:
     with pytest.raises(ConfigError, match="chain_inputs must be one of frames, deviations, normalised"):
         MDVAEDims.from_dict({"chain_inputs": "centred"})

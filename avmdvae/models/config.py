@@ -200,15 +200,10 @@ class MDVAEDims(_Dims):
     # how the decoders read w: "concat" (one more input of the MLP, the paper) or "film" (w scales and
     # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
     decoder: str = "concat"
-    # training only: the share of windows whose q(w) sees one modality, the other's embedding zeroed
-    # (which one: a fair coin), so that w has to be read from each modality alone (docs/results.md)
-    w_modality_dropout: float = 0.0
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.w_modality_dropout < 1.0:
-            raise ConfigError(f"MDVAEDims.w_modality_dropout must be in [0, 1), got {self.w_modality_dropout}")
         if not self.post_hidden:
             raise ConfigError("MDVAEDims.post_hidden needs at least one layer width")
         if self.chain_inputs not in CHAIN_INPUTS:

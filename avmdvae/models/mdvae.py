@@ -15,8 +15,6 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
     q(w | x_{1:T})                    bidirectional GRU over [e^a_t, e^v_t], final states -> Gaussian
-                                      (w_modality_dropout p: in training, a share p of the windows
-                                      show q(w) one modality, the other's e zeroed)
     q(z^av_t | e^a_t, e^v_t, w, h^av_t)
     q(z^a_t  | e^a_t, w, h^a_t, z^av_t)
     q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
@@ -66,7 +64,6 @@ class MDVAE(SequenceVAE):
         super().__init__()
         self.dims = d = dims or MDVAEDims()
         self.w_dim, self.seq_len, self.chain_inputs = d.w_dim, d.seq_len, d.chain_inputs
-        self.w_modality_dropout = d.w_modality_dropout
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)

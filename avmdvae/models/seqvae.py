@@ -113,7 +113,6 @@ class SequenceVAE(nn.Module):
     w_dim: int
     seq_len: int
     chain_inputs: str = "frames"  # what the chains' posteriors see of the embeddings (layers.window_view)
-    w_modality_dropout: float = 0.0  # training: share of windows whose q(w) sees one modality (`w_inputs`)
 
     def _init_likelihood(self, dims: Mapping[str, int], learn: bool) -> None:
         self.obs_logvar = nn.ParameterDict({m: torch.zeros(d) for m, d in dims.items()}) if learn else None
@@ -174,18 +173,6 @@ class SequenceVAE(nn.Module):
         y = {m: self.norm[m](x[m]) for m in self.modalities}
         return y, {m: self.embed[m](y[m]) for m in self.modalities}
 
-    def w_inputs(self, e: Mapping[str, Tensor]) -> Tensor:
-        """q(w)'s input (B, T, sum E_m): the embeddings side by side. In training, with probability
-        `w_modality_dropout` per window one modality, drawn with equal odds, is zeroed."""
-        parts = list(e.values())
-        p = self.w_modality_dropout
-        if self.training and p > 0 and len(parts) > 1:
-            B = parts[0].shape[0]
-            dropped = torch.randint(len(parts), (B,), device=parts[0].device)
-            dropped[torch.rand(B, device=parts[0].device) >= p] = -1  # -1: this window keeps every modality
-            parts = [v * (dropped != i).to(v.dtype)[:, None, None] for i, v in enumerate(parts)]
-        return torch.cat(parts, -1)
-
     def _decode(self, w: Tensor, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """-> modality -> standardised feature mean (B, T, D); w (B, Dw) or per frame (B, T, Dw)."""
         T = next(iter(z.values())).shape[1]
@@ -209,7 +196,7 @@ class SequenceVAE(nn.Module):
         betas = resolve_beta(beta, self.latent_names)
         eps = self._noise(noise, B, T, xs[0], sample=True)
         y, e = self._embed(x)
-        w_mean, w_logvar = self.q_w(self.w_inputs(e))
+        w_mean, w_logvar = self.q_w(torch.cat(list(e.values()), -1))
         w = reparameterize(w_mean, w_logvar, eps["w"])
         ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
         ch = unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
