@@ -49,6 +49,7 @@ PIECE_BYTES = 15 * 2**20  # files back from the lent machine: at most 16 MiB eac
 PROBE_STEPS = 80  # 4 windows of PROBE_LOG_EVERY steps; the rate is the median of the last two
 PROBE_LOG_EVERY = 20
 VAL_SHARE = 0.25  # of a run's share kept for validation, checkpoints and start-up
+MIN_SHARE_S = 15.0  # a stage-2 run given less is skipped (its probe alone takes a few seconds)
 MIN_EPOCHS = 3  # short shares: fewer steps per epoch rather than fewer validations
 # Stage 2 at batch 1024 is 5 steps per epoch on this corpus (about 5,000 windows): a quarter of it
 # and denser windows give the optimiser steps; the sizes stay the reference ones.
@@ -171,7 +172,7 @@ def main() -> int:
     for i, name in enumerate(RUNS):
         left = deadline - time.time() - PACK_RESERVE_S
         share = left * SHARES[name] / sum(SHARES[n] for n in list(RUNS)[i:])
-        if share < 15 and RUNS[name][0] != "vqvae":  # stage 1 always: the rest reads it
+        if share < MIN_SHARE_S and RUNS[name][0] != "vqvae":  # stage 1 always: the rest reads it
             print(f"   {name}: skipped, {left:.0f} s left", flush=True)
             continue
         try:

@@ -163,18 +163,23 @@ def test_the_gpu_visit_reads_steps_per_second_from_the_probe_metrics(tmp_path):
         gv.measured_rate(tmp_path, frames_per_step=128)
 
 
-@pytest.mark.slow  # toy corpus + five toy trainings inside a 150 s budget, then the benchmark keeps them
+# toy corpus + five toy trainings inside a 240 s budget, then the benchmark keeps them. The budget leaves
+# every run a share above the visit's MIN_SHARE_S even when other jobs share the 2 cores (at 150 s a
+# loaded machine skipped the last baseline).
+@pytest.mark.slow
 def test_the_gpu_visit_packs_runs_that_the_benchmark_keeps(tmp_path):
     import torch
 
+    budget = 240
+
     out, pack = tmp_path / "visit", tmp_path / "pack"
-    subprocess.run([sys.executable, str(REPO / "bench" / "gpu_visit.py"), "--out", str(out), "--budget", "150",
+    subprocess.run([sys.executable, str(REPO / "bench" / "gpu_visit.py"), "--out", str(out), "--budget", str(budget),
                     "--pack", str(pack), "--profile", "tiny", "--device", "cpu", "--workers", "1"],
                    check=True, cwd=REPO, capture_output=True, text=True)
     visit = json.loads((pack / "visit.json").read_text())
     assert [r["run"] for r in visit["runs"]] == list(bm.RUNS)
     for r in visit["runs"]:
-        assert "error" not in r and r["steps"] >= 1 and r["wall_s"] < 150, r
+        assert "error" not in r and r["steps"] >= 1 and r["wall_s"] < budget, r
     pieces = sorted(pack.glob("runs.tar.*"))
     assert pieces and all(p.stat().st_size <= 15 * 2**20 for p in pieces)
     joined = tmp_path / "runs.tar"
