@@ -17,21 +17,7 @@ from pathlib import Path
 
 from avmdvae.benchmark import PROFILES, run_benchmark
 from avmdvae.cli.app import progress_bars
-from avmdvae.constants import Progress
 from avmdvae.errors import AvmdvaeError
-
-
-def progress_lines() -> Progress:
-    """Progress as plain lines (a log file): one per step and tenth done."""
-    shown: dict[str, int] = {}
-
-    def update(name: str, done: int, total: int) -> None:
-        tenth = 10 * done // max(total, 1)
-        if shown.get(name) != tenth:
-            shown[name] = tenth
-            print(f"   {name}: {done}/{total}", flush=True)
-
-    return update
 
 
 def main() -> int:
@@ -45,8 +31,7 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     try:
-        with progress_bars(args.quiet or not sys.stderr.isatty()) as bars:
-            progress = bars if sys.stderr.isatty() and not args.quiet else progress_lines()
+        with progress_bars(lines=True if args.quiet else None) as progress:
             summary = run_benchmark(args.out, args.profile, args.workers, args.device,
                                     step=lambda s: print(s, flush=True), progress=progress)
     except AvmdvaeError as e:

@@ -92,16 +92,31 @@ def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> 
     return decorator
 
 
+def progress_lines() -> Progress:
+    """A progress callback as plain lines on stderr, one per named step and tenth done (for log files)."""
+    shown: dict[str, int] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if shown.get(name) != tenth:
+            shown[name] = tenth
+            err_console.print(f"   {name}: {done}/{total}", highlight=False, soft_wrap=True)
+
+    return update
 
 
 @contextlib.contextmanager
-def progress_bars(quiet: bool = False) -> Iterator[Progress]:
-    """A progress callback for the Python API that draws one rich bar per named step (on stderr)."""
+def progress_bars(quiet: bool = False, lines: bool | None = None) -> Iterator[Progress]:
+    """A progress callback for the Python API: one rich bar per named step on stderr, or plain lines
+    (`progress_lines`) where `lines` asks for them or, by default, where stderr is not a terminal."""
     if quiet:
         yield lambda name, done, total: None
         return
+    if lines if lines is not None else not err_console.is_terminal:
+        yield progress_lines()
+        return
     bars = Bars(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=True)
+                TimeElapsedColumn(), console=err_console, transient=True)
     tasks: dict[str, Any] = {}
 
     def update(name: str, done: int, total: int) -> None:
