@@ -31,7 +31,7 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     try:
-        with progress_bars(lines=True if args.quiet else None) as progress:
+        with progress_bars(lines=args.quiet or None) as progress:
             summary = run_benchmark(args.out, args.profile, args.workers, args.device,
                                     step=lambda s: print(s, flush=True), progress=progress)
     except AvmdvaeError as e:

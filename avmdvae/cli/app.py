@@ -112,7 +112,9 @@ def progress_bars(quiet: bool = False, lines: bool | None = None) -> Iterator[Pr
     if quiet:
         yield lambda name, done, total: None
         return
-    if lines if lines is not None else not err_console.is_terminal:
+    if lines is None:
+        lines = not err_console.is_terminal
+    if lines:
         yield progress_lines()
         return
     bars = Bars(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
