@@ -22,7 +22,7 @@ from typing import Any
 
 from avmdvae import atomic
 from avmdvae.constants import Progress, no_progress
-from avmdvae.errors import ConfigError
+from avmdvae.errors import AvmdvaeError, ConfigError
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 EMOTIONS = ("neutral", "happy", "sad", "angry")
@@ -241,7 +241,10 @@ def train_recipe(corpus: Path, runs: Path, profile: Profile, device: str = "auto
         step(f"   training {name} ({profile.configs[name]})")
         t0 = time.time()
         resume = (run / "last.pt").is_file()
-        train(task, run, RunOptions(device=device, resume=resume, progress=progress))
+        result = train(task, run, RunOptions(device=device, resume=resume, progress=progress))
+        if result.stopped is not None:  # a signal or a budget: saved, not finished; a re-run resumes it
+            raise AvmdvaeError(f"training {name} stopped ({result.stopped}) at step {result.step}, its state saved "
+                               f"in {run}: run the same command again to resume it")
         timings[f"train {name}"] = time.time() - t0
         atomic.write_text(run / "finished", f"{timings[f'train {name}']:.0f} s\n")
     return timings

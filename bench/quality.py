@@ -1,6 +1,6 @@
 """The quality benchmark in one command (`make bench-quality`): corpora, recipe, evaluation, targets.
 
-    .venv/bin/python bench/quality.py [--out runs/bench-quality] [--profile cpu|gpu] [--device auto]
+    .venv/bin/python bench/quality.py [--out runs/bench-quality] [--profile cpu|gpu] [--device auto] [--threads N]
 
 Writes OUT/summary.md (each target, measured on the test speakers and on new speakers of another seed),
 OUT/summary.json, OUT/report-test/ and OUT/report-new-speakers/ (full reports with plots) and the trained
@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from avmdvae.benchmark import PROFILES, run_benchmark
 from avmdvae.cli.app import progress_bars
 from avmdvae.errors import AvmdvaeError
@@ -28,7 +30,13 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--workers", type=int, default=0, help="processes for synthesis and preprocessing (0: one per CPU)")
     ap.add_argument("--quiet", action="store_true", help="progress as plain lines, not bars (as in a log file)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's); 1 is faster while other jobs share the cores")
     args = ap.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     t0 = time.time()
     try:
         with progress_bars(lines=args.quiet or None) as progress:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from avmdvae import benchmark as bm
-from avmdvae.errors import ConfigError
+from avmdvae.errors import AvmdvaeError, ConfigError
 from avmdvae.evaluation.tasks import EvalOptions, Evaluator
 
 
@@ -104,6 +104,23 @@ def test_the_split_option_restricts_every_task_to_one_split():
     ev.opt = EvalOptions(split="validation")
     with pytest.raises(ConfigError, match="no validation split"):
         ev.clips_of(None)
+
+
+def test_a_run_stopped_before_its_end_is_not_marked_finished(tmp_path, monkeypatch):
+    """A SIGTERM (or a budget) stops training cleanly; the benchmark then stops too, with a one-line
+    error, and leaves the run to be resumed instead of evaluating half a model."""
+    from avmdvae.training import loop, tasks
+
+    def stopped(task, run, options):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "best.pt").write_bytes(b"")
+        return loop.RunResult(run, epochs=1, step=7, best_val=0.0, stopped=loop.STOP_SIGTERM)
+
+    monkeypatch.setattr(loop, "train", stopped)
+    monkeypatch.setattr(tasks, "VQVAETask", lambda *args: None)  # no corpus needed: train is stubbed
+    with pytest.raises(AvmdvaeError, match=r"training vqvae-audio stopped \(SIGTERM\) at step 7.*run the same"):
+        bm.train_recipe(tmp_path / "corpus", tmp_path / "runs", bm.PROFILES["tiny"], step=lambda s: None)
+    assert not (tmp_path / "runs" / "vqvae-audio" / "finished").exists()
 
 
 @pytest.mark.slow  # synth + preprocess + five toy trainings + evaluation: about 2 minutes

@@ -21,6 +21,7 @@ from avmdvae.constants import SAMPLE_RATE
 from avmdvae.corpus import Corpus, PreprocessParams
 from avmdvae.errors import ConfigError, MediaError
 from avmdvae.layouts import Discovery, SourceClip
+from avmdvae.manipulation import model as model_module
 from avmdvae.manipulation import noise as noise_mod
 from avmdvae.manipulation import ops
 from avmdvae.manipulation.model import AVModel, Clip
@@ -400,6 +401,20 @@ def test_long_clip_is_encoded_in_training_windows(env: Env) -> None:
     assert dec.faces.shape == (n, 64, 64, 3) and np.isfinite(dec.power).all()
     one = m.encode(clip)
     torch.testing.assert_close(lat.w, one.w, atol=0.15 * float(one.w.abs().max()), rtol=0)
+
+
+def test_decoding_centres_a_latent_over_the_whole_clip(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a centred z(a) (MDVAEDims.decoder_z), decoding in stage-1 chunks gives the clip's own
+    decode: the MDVAE part is not cut into chunks, each with its own mean."""
+    m = env.model
+    monkeypatch.setattr(m.mdvae, "centred", ("za",))
+    monkeypatch.setattr(model_module, "CHUNK", 16)
+    clip = m.read(env.videos[(1, 2)])
+    lat = m.encode(clip)
+    assert clip.n_frames > 2 * 16
+    fa, _ = m.mdvae.decode(lat)
+    want = m.vq_audio.decode_frames(fa[0])
+    np.testing.assert_allclose(m.decode(lat).power, want, rtol=1e-5, atol=1e-6 * float(want.max()))
 
 
 def test_encoding_one_window_is_the_models_posterior_mean(env: Env) -> None:

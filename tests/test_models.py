@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import FiLMDecoder, unroll
+from avmdvae.models.layers import ClipCritic, FiLMDecoder, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -316,6 +316,80 @@ def test_chain_inputs_hide_what_stays_put_in_a_window_from_the_dynamical_latents
         assert not any(same) and not any(same_clip)
     else:
         assert all(same) and all(same_clip)
+
+
+@pytest.mark.parametrize("view", ["absolute", "centred-za", "centred"])
+def test_decoder_z_hides_what_stays_put_in_a_centred_latent_from_the_decoders(view: str) -> None:
+    """A per-sequence offset added to a dynamical latent changes the decoded features unless that latent
+    is centred; w still reaches both decoders. Checked on whole clips (decode) of two lengths."""
+    m, d, *_ = _tiny_mdvae(decoder_z=view)
+    centred = {"absolute": set(), "centred-za": {"za"}, "centred": {"zav", "za", "zv"}}[view]
+    for N in (5, 12):
+        g = torch.Generator().manual_seed(N)
+        lat = m.Latents(*(torch.randn(2, *s, generator=g, dtype=torch.float64)
+                          for s in [(d.w_dim,), (N, d.zav_dim), (N, d.za_dim), (N, d.zv_dim)]))
+        base = m.decode(lat)
+        for name in ("w", "zav", "za", "zv"):
+            v = getattr(lat, name)
+            moved = m.decode(lat._replace(**{name: v + torch.randn(2, *[1] * (v.dim() - 2), v.shape[-1],
+                                                                         generator=g, dtype=v.dtype)}))
+            unchanged = [torch.allclose(a, b, atol=1e-10) for a, b in zip(base, moved, strict=True)]
+            reads = {"w": [True, True], "zav": [True, True], "za": [True, False], "zv": [False, True]}[name]
+            want = [not r or name in centred for r in reads]
+            assert unchanged == want, (name, unchanged)
+
+
+def test_clip_critic_learns_a_constant_and_reverses_the_encoder_gradient() -> None:
+    """The critic learns to tell windows apart by a per-window constant in z, not by white noise; the
+    gradient into z is minus the gradient of its loss (finite differences)."""
+    torch.manual_seed(0)
+    B, T, D = 32, 12, 3
+    for offset_scale, want in ((2.0, lambda acc: acc > 0.9), (0.0, lambda acc: acc < 0.7)):
+        critic = ClipCritic(D)
+        opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+        for _ in range(300):
+            z = torch.randn(B, T, D) + offset_scale * torch.randn(B, 1, D)
+            loss, acc = critic(z)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            _, acc = critic(torch.randn(4 * B, T, D) + offset_scale * torch.randn(4 * B, 1, D))
+        assert want(acc.item()), (offset_scale, acc.item())
+    critic = ClipCritic(D).double()
+    z = torch.randn(4, T, D, dtype=torch.float64, requires_grad=True)
+    loss, _ = critic(z)
+    (grad,) = torch.autograd.grad(loss, z)
+    h = 1e-6
+    for i in [(0, 0, 0), (1, 5, 2), (3, 11, 1)]:
+        zp, zm = z.detach().clone(), z.detach().clone()
+        zp[i] += h
+        zm[i] -= h
+        with torch.no_grad():
+            fd = (critic(zp)[0] - critic(zm)[0]) / (2 * h)
+        assert abs(grad[i].item() + fd.item()) < 1e-5 * max(1.0, abs(fd.item())), (i, grad[i].item(), fd.item())
+
+
+def test_mdvae_za_critic_adds_its_term_in_training_only() -> None:
+    m, d, xa, xv = _tiny_mdvae(za_critic=3.0)
+    B, T = xa.shape[:2]
+    noise = _mdvae_noise(d, B, T)
+    out = m(xa, xv, noise=noise, beta=0.5)
+    assert {"critic_za", "critic_za_acc"} <= set(out.terms)
+    plain, *_ = _tiny_mdvae()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("critic.")})
+    ref = plain(xa, xv, noise=noise, beta=0.5)
+    _close(out.loss, ref.loss + 3.0 * out.terms["critic_za"])
+    _close(out.elbo, ref.elbo)
+    m.eval()
+    assert "critic_za" not in m(xa, xv, noise=noise).terms
+    with pytest.raises(ConfigError, match="za_critic must be >= 0"):
+        MDVAEDims.from_dict({"za_critic": -1.0})
+
+
+def test_decoder_z_must_be_a_known_view() -> None:
+    with pytest.raises(ConfigError, match="decoder_z must be one of absolute, centred-za, centred"):
+        MDVAEDims.from_dict({"decoder_z": "deviations"})
 
 
 def test_chain_inputs_must_be_a_known_view() -> None:

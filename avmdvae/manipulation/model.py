@@ -10,7 +10,8 @@ How a clip of any length is encoded:
 * Stage-1 features are computed in chunks of CHUNK frames (per-frame models: chunking is exact).
 * Latents: `MDVAE.encode_sequence` (posterior means, deterministic): w pooled over the clip's
   T-frame windows, the z's from overlapping T-frame windows, as in training (see its docstring).
-* Decoding is per frame ([w, z_t] -> feature -> stage-1 decoder), chunked.
+* Decoding: the MDVAE's decoders over the whole clip ([w, z_t] -> feature), then the stage-1
+  decoders in chunks.
 
 A missing modality (`drop="audio"|"visual"`): its features are replaced by their training-set mean
 (the MDVAE's input standardisation, stored in the checkpoint), w and the z's are inferred from the
@@ -78,12 +79,6 @@ def _alloc(n: int, d: int) -> np.ndarray:
         return np.empty((n, d), np.float32)
     f = tempfile.TemporaryFile(prefix="avmdvae-feat-")
     return np.memmap(f, dtype=np.float32, mode="w+", shape=(n, d))
-
-
-def latents_slice(lat: Latents, a: int, b: int) -> Latents:
-    """Frames [a, b) of the dynamical latents (w kept; per-frame w (1, N, Dw) sliced too)."""
-    w = lat.w[:, a:b] if lat.w.dim() == 3 else lat.w
-    return Latents(w, lat.zav[:, a:b], lat.za[:, a:b], lat.zv[:, a:b])
 
 
 class AVModel:
@@ -272,26 +267,27 @@ class AVModel:
         target[:] = self.mdvae.norm[drop].mean.cpu().numpy()  # the training-set mean of these features
         lat = self.encode_features(xa, xv, progress)
         for _ in range(impute_iters):
-            for a in range(0, clip.n_frames, CHUNK):
-                b = min(a + CHUNK, clip.n_frames)
-                fa, fv = self.mdvae.decode(latents_slice(lat, a, b))
-                target[a:b] = (fa if drop == "audio" else fv)[0].cpu().numpy()
+            fa, fv = self.mdvae.decode(lat)
+            target[:] = (fa if drop == "audio" else fv)[0].cpu().numpy()
             lat = self.encode_features(xa, xv, progress)
         return lat
 
     # ------------------------------------------------------------------------------------ decoding
     @torch.no_grad()
     def decode(self, lat: Latents, progress: Progress = no_progress) -> Decoded:
-        """Latents (batch 1) -> faces (N, 64, 64, 3) uint8 and power spectrogram (N, 513), chunked."""
+        """Latents (batch 1) -> faces (N, 64, 64, 3) uint8 and power spectrogram (N, 513).
+
+        The MDVAE decodes the whole clip at once (a centred latent, `MDVAEDims.decoder_z`, is centred
+        over the clip); the stage-1 decoders run in chunks of CHUNK frames."""
         n = lat.zav.shape[1]
         s = self.params.face_size
         faces = np.empty((n, s, s, 3), np.uint8)
         power = np.empty((n, self.vq_audio.dims.n_bins), np.float32)
+        fa, fv = self.mdvae.decode(lat)  # (1, N, feat_a), (1, N, feat_v): 10 KB per frame
         for a in range(0, n, CHUNK):
             b = min(a + CHUNK, n)
-            fa, fv = self.mdvae.decode(latents_slice(lat, a, b))
-            power[a:b] = self.vq_audio.decode_frames(fa[0])
-            faces[a:b] = self.vq_visual.decode_frames(fv[0])
+            power[a:b] = self.vq_audio.decode_frames(fa[0, a:b])
+            faces[a:b] = self.vq_visual.decode_frames(fv[0, a:b])
             progress("decode", b, n)
         return Decoded(faces, power)
 
@@ -316,5 +312,4 @@ __all__ = [
     "Decoded",
     "Latents",
     "Progress",
-    "latents_slice",
 ]

@@ -23,6 +23,7 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film")  # MDVAEDims.decoder, layers.decoder
+DECODER_Z = ("absolute", "centred-za", "centred")  # MDVAEDims.decoder_z, MDVAE.decoder_inputs
 
 _D = TypeVar("_D", bound="_Dims")
 
@@ -200,6 +201,14 @@ class MDVAEDims(_Dims):
     # how the decoders read w: "concat" (one more input of the MLP, the paper) or "film" (w scales and
     # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
     decoder: str = "concat"
+    # what the decoders read of the dynamical latents: "absolute" (z_t as it is, the paper), "centred-za"
+    # (z^a_t minus its mean over the sequence) or "centred" (every z minus its mean): a constant in a
+    # centred latent cannot reach the decoders, so what stays put in a sequence has to come through w
+    decoder_z: str = "absolute"
+    # weight (per frame, in nats) of an adversary that tells whether two halves of a window's z^a come from
+    # the same window (layers.ClipCritic), played against the encoder: what z^a says about its clip
+    # (speaker, emotion level) is then penalised. 0: no critic (the paper)
+    za_critic: float = 0.0
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
@@ -211,6 +220,10 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.za_critic < 0:
+            raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
+        if self.decoder_z not in DECODER_Z:
+            raise ConfigError(f"MDVAEDims.decoder_z must be one of {', '.join(DECODER_Z)}, got {self.decoder_z!r}")
         if self.decoder == "film" and not (self.dec_hidden_a and self.dec_hidden_v):
             raise ConfigError("MDVAEDims.decoder film needs hidden layers: set dec_hidden_a and dec_hidden_v")
 

@@ -10,6 +10,8 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     window_view    what the chains' posteriors see of the frames: as they are, or without the window's
                    mean (and scale), so that what stays put in a window can reach the decoders only via w
     unroll         advances several chains together, frame by frame (the models' only time loop)
+    ClipCritic     tells whether two halves of a latent sequence come from the same window (an adversary
+                   on what a dynamical latent says about its clip)
 """
 
 from __future__ import annotations
@@ -307,3 +309,41 @@ def sample_chains(chains: Mapping[str, Chain], B: int, T: int, like: Tensor,
             h = c.cell(zs[-1], h)
         out[n] = torch.stack(zs, 1)
     return out
+
+
+class ClipCritic(nn.Module):
+    """An adversary on what a dynamical latent says about its clip, without labels.
+
+    z (B, T, D) -> each window's two halves -> their mean and std over frames -> an MLP on the pair ->
+    the logit of "these halves come from the same window". Positive pairs: (first half of i, second half
+    of i); negatives: (first half of i, second half of i + 1) in the batch. A constant (a speaker, an
+    emotion level) in z makes the halves agree and the critic right.
+
+    `forward` returns (loss, accuracy): the binary cross-entropy of the critic, and its accuracy. The
+    input goes through a gradient reversal (value z, gradient -1): minimising `loss` trains the critic
+    to tell and the encoder that made z to hide what it tells by.
+    """
+
+    def __init__(self, z_dim: int, hidden: Sequence[int] = (64,)) -> None:
+        super().__init__()
+        self.net = mlp(8 * z_dim, hidden, 1)
+
+    @staticmethod
+    def _stats(z: Tensor) -> Tensor:
+        return torch.cat([z.mean(1), z.std(1, unbiased=False)], -1)  # (B, 2 D)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if z.shape[0] < 2 or z.shape[1] < 4:
+            raise ConfigError("the clip critic needs at least 2 windows of at least 4 frames")
+        z = 2.0 * z.detach() - z  # gradient reversal: same value, gradient -1 into the encoder
+        half = z.shape[1] // 2
+        a, b = self._stats(z[:, :half]), self._stats(z[:, half:])
+        b_other = b.roll(1, 0)
+
+        def logit(x: Tensor, y: Tensor) -> Tensor:  # symmetric in the two halves
+            return self.net(torch.cat([x + y, (x - y).abs(), x * y, (x - y).pow(2)], -1)).squeeze(-1)
+
+        logits = torch.cat([logit(a, b), logit(a, b_other)])
+        target = torch.cat([torch.ones(len(a)), torch.zeros(len(a))]).to(logits)
+        loss = nn.functional.binary_cross_entropy_with_logits(_wide(logits), _wide(target))
+        return loss, ((logits > 0) == target.bool()).float().mean()

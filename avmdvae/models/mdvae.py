@@ -10,7 +10,10 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
                                                          z^v: eyes, head (4)
     x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim (learn_obs_var)
     x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)            dec: an MLP over [w, z's], or (decoder "film")
-                                                         one over the z's whose hidden units w modulates
+                                                         one over the z's whose hidden units w modulates;
+                                                         (decoder_z "centred-za" / "centred": z^a / every
+                                                         z enters the decoders minus its mean over the
+                                                         T frames, so statics can only come through w)
 
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
@@ -21,6 +24,9 @@ Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = pro
                                       (chain_inputs "deviations" / "normalised": the chains see e^m_t
                                       minus its mean over the window / also over its std)
 
+With za_critic > 0, the loss also has a term played by an adversary (layers.ClipCritic) that tells from
+z^a alone whether two half-windows come from the same window; the encoder is trained to hide it.
+
 where h^c_t is the same GRU state over the chain's own past samples that parametrises its prior. The
 loss is the negative ELBO (sum over frames, KL terms weighted by beta and the warm-up factor), divided by
 T; seqvae.py holds it, together with whole-clip inference (`encode_sequence`) and `decode`.
@@ -28,13 +34,13 @@ T; seqvae.py holds it, together with whole-clip inference (`encode_sequence`) an
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from avmdvae.models.config import MDVAEDims
-from avmdvae.models.layers import Chain, Standardize, StaticEncoder, decoder, mlp, mlp_out
+from avmdvae.models.layers import Chain, ClipCritic, Standardize, StaticEncoder, decoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
 
 MDVAEOutput = SeqVAEOutput
@@ -64,6 +70,7 @@ class MDVAE(SequenceVAE):
         super().__init__()
         self.dims = d = dims or MDVAEDims()
         self.w_dim, self.seq_len, self.chain_inputs = d.w_dim, d.seq_len, d.chain_inputs
+        self.centred = {"absolute": (), "centred-za": ("za",), "centred": ("zav", "za", "zv")}[d.decoder_z]
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)
@@ -80,6 +87,17 @@ class MDVAE(SequenceVAE):
             "visual": decoder(d.decoder, d.w_dim, d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v),
         })
         self._init_likelihood({"audio": d.feat_a, "visual": d.feat_v}, d.learn_obs_var)
+        self.critic = ClipCritic(d.za_dim) if d.za_critic > 0 else None
+
+    def forward(self, *xs: Tensor, **options: Any) -> MDVAEOutput:
+        """SequenceVAE.forward (the negative ELBO), plus the clip critic's term when there is one:
+        terms "critic_za" (its cross-entropy, nats) and "critic_za_acc" (its accuracy)."""
+        out = super().forward(*xs, **options)
+        if self.critic is not None and self.training:
+            loss, acc = self.critic(out.latents.za)
+            out.terms["critic_za"], out.terms["critic_za_acc"] = loss, acc
+            out.loss = out.loss + self.dims.za_critic * loss
+        return out
 
     def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
         """What each posterior sees besides its own state (and z^av_t for the children)."""
@@ -87,5 +105,7 @@ class MDVAE(SequenceVAE):
         return {"zav": torch.cat([ea, ev, w], -1), "za": torch.cat([ea, w], -1), "zv": torch.cat([ev, w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Audio is decoded from [w, z^av, z^a], the face from [w, z^av, z^v]."""
+        """Audio is decoded from [w, z^av, z^a], the face from [w, z^av, z^v] (the z's in `centred` minus
+        their mean over the T frames)."""
+        z = {n: v - v.mean(1, keepdim=True) if n in self.centred else v for n, v in z.items()}
         return {"audio": torch.cat([w, z["zav"], z["za"]], -1), "visual": torch.cat([w, z["zav"], z["zv"]], -1)}

@@ -34,6 +34,8 @@ _LABELS = {
     "frames_per_s": "frames/s",
     "elbo": "ELBO",
     "kl_weight": "KL weight",
+    "critic_za": "critic(za) cross-entropy",  # MDVAEDims.za_critic
+    "critic_za_acc": "critic(za) accuracy",
 }
 _REC = {"visual": "rec (face MSE)", "audio": "rec (Itakura-Saito)"}
 
