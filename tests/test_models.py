@@ -318,12 +318,13 @@ def test_chain_inputs_hide_what_stays_put_in_a_window_from_the_dynamical_latents
         assert all(same) and all(same_clip)
 
 
-@pytest.mark.parametrize("view", ["absolute", "centred-za", "centred"])
+@pytest.mark.parametrize("view", ["absolute", "centred-za", "centred-za-zv", "centred"])
 def test_decoder_z_hides_what_stays_put_in_a_centred_latent_from_the_decoders(view: str) -> None:
     """A per-sequence offset added to a dynamical latent changes the decoded features unless that latent
     is centred; w still reaches both decoders. Checked on whole clips (decode) of two lengths."""
     m, d, *_ = _tiny_mdvae(decoder_z=view)
-    centred = {"absolute": set(), "centred-za": {"za"}, "centred": {"zav", "za", "zv"}}[view]
+    centred = {"absolute": set(), "centred-za": {"za"}, "centred-za-zv": {"za", "zv"},
+               "centred": {"zav", "za", "zv"}}[view]
     for N in (5, 12):
         g = torch.Generator().manual_seed(N)
         lat = m.Latents(*(torch.randn(2, *s, generator=g, dtype=torch.float64)
@@ -388,7 +389,7 @@ def test_mdvae_za_critic_adds_its_term_in_training_only() -> None:
 
 
 def test_decoder_z_must_be_a_known_view() -> None:
-    with pytest.raises(ConfigError, match="decoder_z must be one of absolute, centred-za, centred"):
+    with pytest.raises(ConfigError, match="decoder_z must be one of absolute, centred-za, centred-za-zv, centred"):
         MDVAEDims.from_dict({"decoder_z": "deviations"})
 
 

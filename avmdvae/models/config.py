@@ -23,7 +23,7 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film")  # MDVAEDims.decoder, layers.decoder
-DECODER_Z = ("absolute", "centred-za", "centred")  # MDVAEDims.decoder_z, MDVAE.decoder_inputs
+DECODER_Z = ("absolute", "centred-za", "centred-za-zv", "centred")  # MDVAEDims.decoder_z, MDVAE.decoder_inputs
 
 _D = TypeVar("_D", bound="_Dims")
 
@@ -202,8 +202,8 @@ class MDVAEDims(_Dims):
     # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
     decoder: str = "concat"
     # what the decoders read of the dynamical latents: "absolute" (z_t as it is, the paper), "centred-za"
-    # (z^a_t minus its mean over the sequence) or "centred" (every z minus its mean): a constant in a
-    # centred latent cannot reach the decoders, so what stays put in a sequence has to come through w
+    # (z^a_t minus its mean over the sequence), "centred-za-zv" (z^a and z^v) or "centred" (every z): a
+    # constant in a centred latent cannot reach the decoders, so it has to come through w (or z^av)
     decoder_z: str = "absolute"
     # weight (per frame, in nats) of an adversary that tells whether two halves of a window's z^a come from
     # the same window (layers.ClipCritic), played against the encoder: what z^a says about its clip

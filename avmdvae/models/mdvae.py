@@ -11,9 +11,9 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
     x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim (learn_obs_var)
     x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)            dec: an MLP over [w, z's], or (decoder "film")
                                                          one over the z's whose hidden units w modulates;
-                                                         (decoder_z "centred-za" / "centred": z^a / every
-                                                         z enters the decoders minus its mean over the
-                                                         T frames, so statics can only come through w)
+                                                         (decoder_z "centred-za" / "centred-za-zv" /
+                                                         "centred": z^a / z^a and z^v / every z enters the
+                                                         decoders minus its mean over the T frames)
 
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
@@ -70,7 +70,8 @@ class MDVAE(SequenceVAE):
         super().__init__()
         self.dims = d = dims or MDVAEDims()
         self.w_dim, self.seq_len, self.chain_inputs = d.w_dim, d.seq_len, d.chain_inputs
-        self.centred = {"absolute": (), "centred-za": ("za",), "centred": ("zav", "za", "zv")}[d.decoder_z]
+        self.centred = {"absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"),
+                        "centred": ("zav", "za", "zv")}[d.decoder_z]
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)
