@@ -23,7 +23,10 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film")  # MDVAEDims.decoder, layers.decoder
-DECODER_Z = ("absolute", "centred-za", "centred-za-zv", "centred")  # MDVAEDims.decoder_z, MDVAE.decoder_inputs
+# MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
+DECODER_Z: dict[str, tuple[str, ...]] = {
+    "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),
+}
 
 _D = TypeVar("_D", bound="_Dims")
 

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from avmdvae.models.config import MDVAEDims
+from avmdvae.models.config import DECODER_Z, MDVAEDims
 from avmdvae.models.layers import Chain, ClipCritic, Standardize, StaticEncoder, decoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
 
@@ -70,8 +70,7 @@ class MDVAE(SequenceVAE):
         super().__init__()
         self.dims = d = dims or MDVAEDims()
         self.w_dim, self.seq_len, self.chain_inputs = d.w_dim, d.seq_len, d.chain_inputs
-        self.centred = {"absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"),
-                        "centred": ("zav", "za", "zv")}[d.decoder_z]
+        self.centred = DECODER_Z[d.decoder_z]
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)
