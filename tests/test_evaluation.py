@@ -145,6 +145,8 @@ def test_probe_classification_and_regression():
     target[::7, 0] = np.nan  # missing values are ignored
     r = probes.probe_regression(z, target, np.repeat(np.arange(6), 50))
     assert r["r2"][0] > 0.95 and r["r2"][1] < 0.1
+    # one target of two predicted: half the credit, whatever the other's negative R^2
+    assert r["informativeness"] == pytest.approx(np.mean(np.clip(r["r2"], 0, 1))) and r["informativeness"] > 0.45
     assert probes.probe_regression(rng.normal(size=(300, 5)), target[:, 0])["informativeness"] < 0.05
 
 
@@ -196,6 +198,65 @@ def test_f0_contour_and_selectivity():
     assert c[2] - c[1] == pytest.approx(12.0) and c[1] == pytest.approx(0.0)
     m = {"w": {"speaker": 1.0, "emotion": 0.8, "articulation": 0.1}}
     assert dis.selectivity(m, "w") == pytest.approx(0.8)
+
+
+def test_ridge_probe_picks_its_penalty_on_other_speakers_not_on_near_duplicate_frames(monkeypatch):
+    """Frames of a clip share an offset over 150 features; one feature carries the target. A penalty
+    chosen leaving one frame out (GCV) memorises the offsets and fails on held-out speakers; chosen on
+    held-out training speakers it generalises."""
+    rng = np.random.default_rng(0)
+    xs, ys, gs = [], [], []
+    for s in range(6):
+        for _ in range(6):
+            t = rng.normal(size=30)
+            x = 2 * rng.normal(size=150) + 0.3 * rng.normal(size=(30, 150))
+            x[:, 0] += t
+            xs.append(x)
+            ys.append(t + 0.5 * rng.normal() + 0.3 * rng.normal(size=30))
+            gs += [f"s{s}"] * 30
+    x, y, g = np.concatenate(xs), np.concatenate(ys), np.array(gs)
+    grouped = probes.probe_regression(x, y, g)["r2_mean"]
+    fit = probes.fit_regressor
+    monkeypatch.setattr(probes, "fit_regressor", lambda x, y, *a, **k: fit(x, y))  # GCV, as before
+    gcv = probes.probe_regression(x, y, g)["r2_mean"]
+    assert grouped > 0.0 > gcv + 1.0
+
+
+def test_within_clip_removes_the_clip_mean_and_keeps_missing_values_missing():
+    x = np.array([[1.0, np.nan, np.nan], [3.0, 2.0, np.nan], [5.0, 4.0, np.nan]])
+    d = dis.within_clip(x)
+    assert d[:, 0] == pytest.approx([-2.0, 0.0, 2.0])
+    assert np.isnan(d[0, 1]) and d[1:, 1] == pytest.approx([-1.0, 1.0])
+    assert np.isnan(d[:, 2]).all()
+
+
+def test_factor_matrix_credits_the_latent_that_tracks_a_frame_factor_not_one_that_holds_its_level():
+    """jaw = the speaker's level + a per-frame movement. z(av) follows the movement, z(v) holds only
+    the level (a static code): the matrix must give articulation to z(av); head pose (three rotations,
+    followed by z(v)) to z(v); w, constant in a clip, carries no per-frame factor."""
+    from avmdvae.evaluation.tasks import ClipCode, EvalOptions, Evaluator
+
+    rng = np.random.default_rng(0)
+    n, codes = 30, []
+    for s in range(6):
+        level = 3.0 * rng.normal()
+        for j in range(4):
+            move = rng.normal(size=n)
+            pose = rng.normal(size=(n, 3))
+            truth = {"jaw": level + move, "lip_width": level - move, "head_yaw": pose[:, 0], "head_pitch": pose[:, 1],
+                     "head_roll": pose[:, 2]}
+            lat = {"w": np.r_[level, rng.normal(size=3)], "zav": np.c_[move, rng.normal(size=(n, 3))],
+                   "za": rng.normal(size=(n, 4)), "zv": np.c_[np.full(n, level), pose]}
+            lat["zv"][:, 0] += 0.01 * rng.normal(size=n)
+            rec = ClipRecord(f"s{s}_{j}", "", f"s{s}", "neutral", 1, str(j), n, "test")
+            codes.append(ClipCode(rec, {"audio": np.zeros(2), "visual": np.zeros(2)}, lat, frames=np.arange(n),
+                                  fa=rng.normal(size=(n, 2)), fv=np.c_[move, pose[:, 0]], truth=truth))
+    ev = Evaluator.__new__(Evaluator)
+    ev.opt, ev.progress = EvalOptions(), lambda *a: None
+    m = ev.factor_matrix(codes, [dis.factor("articulation"), dis.factor("head_pose")])["matrix"]
+    assert m["zav"]["articulation"] > 0.9 and m["zv"]["articulation"] < 0.1 and m["w"]["articulation"] == 0.0
+    assert m["zv"]["head_pose"] > 0.9 and max(m[k]["head_pose"] for k in ("w", "zav", "za")) < 0.1
+    assert dis.factor("head_pose").keys == ("head_yaw", "head_pitch", "head_roll")
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -128,7 +128,7 @@ def test_estimators_fit_estimate_and_thresholds() -> None:
         assert q["usable"] == (q["value"] >= (E.ACC_MIN if q["metric"] == "accuracy" else E.R2_MIN))
     c = clips[3]
     full = est.estimate(c.faces, c.power, only_usable=False)
-    assert full["articulation"].shape == (len(c.faces), 2) and full["head_pose"].shape == (len(c.faces), 6)
+    assert full["articulation"].shape == (len(c.faces), 2) and full["head_pose"].shape == (len(c.faces), 3)
     assert full["f0"].shape == (len(c.faces), 1) and set(full["speaker"]) == {"M001", "W002"}
     # only usable estimators: a key below the threshold is NaN, a factor with none is left out
     est.quality = {k: {**q, "value": 0.0} for k, q in est.quality.items()}

@@ -11,10 +11,18 @@ should carry each one by design (the MDVAE's structure):
     f0            per frame    f0 -> semitones re the clip median,      za      audio
                                voiced frames only (the contour)
     blink         per frame    blink                                    zv      visual
-    head_pose     per frame    head_yaw/pitch/roll, head_x/y/scale      zv      visual
+    head_pose     per frame    head_yaw, head_pitch, head_roll          zv      visual
+
+The head's position and size in the frame (head_x, head_y, head_scale in the truth) are not factors
+here: the face crop of the front end follows the head and normalises its size, so no model that
+reads the crops can see them (media estimators on crops: held-out R^2 below 0).
 
 Factor matrix: for each latent, a linear probe's informativeness for each factor (0 = chance,
-1 = perfect; classification: rescaled balanced accuracy, regression: R^2 clipped at 0).
+1 = perfect; classification: rescaled balanced accuracy, regression: R^2 clipped at 0). Clip
+factors are probed from w or time-pooled dynamical latents; per-frame factors from each frame's
+latent, both the latent and the target taken as deviations from their mean over the clip
+(`within_clip`): a per-frame factor is owned by what tracks it from frame to frame, and its level
+in a clip (a speaker's usual mouth width, head tilt or pitch) is static, w's to carry.
 
 Swap test: the output O of "A with latent L taken from B" is scored per factor f by the transfer
 fraction s_f in [0, 1], how much O looks like B rather than A in f (`transfer_class`,
@@ -62,8 +70,7 @@ FACTORS: tuple[Factor, ...] = (
     Factor("articulation", "frame", ("jaw", "lip_width"), "zav", "av"),
     Factor("f0", "frame", ("f0",), "za", "audio"),
     Factor("blink", "frame", ("blink",), "zv", "visual"),
-    Factor("head_pose", "frame", ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale"),
-           "zv", "visual"),
+    Factor("head_pose", "frame", ("head_yaw", "head_pitch", "head_roll"), "zv", "visual"),
 )
 FACTOR_NAMES = tuple(f.name for f in FACTORS)
 
@@ -108,6 +115,14 @@ def frame_targets(truth: Mapping[str, np.ndarray], f: Factor, n_frames: int) -> 
         col[:m] = v[:m]
         cols.append(col)
     return np.stack(cols, 1)
+
+
+def within_clip(x: np.ndarray) -> np.ndarray:
+    """(N, K) per-frame values of one clip minus their mean over its frames (NaN-aware; an all-NaN column stays NaN)."""
+    x = np.asarray(x, np.float64)
+    n = np.isfinite(x).sum(0)
+    mean = np.where(n > 0, np.nansum(x, 0) / np.maximum(n, 1), np.nan)
+    return x - mean
 
 
 def clip_label(truth: Mapping[str, np.ndarray], f: Factor) -> str:

@@ -334,16 +334,18 @@ class Evaluator:
                     done += 1
                     self.progress("factor matrix", done, total)
             else:
-                y = np.concatenate([dis.frame_targets(c.truth, f, c.rec.n_frames)[c.frames]  # type: ignore[arg-type]
+                # within each clip: a frame's deviation from the clip's mean (see dis.within_clip)
+                y = np.concatenate([dis.within_clip(dis.frame_targets(c.truth, f, c.rec.n_frames)[c.frames])  # type: ignore[arg-type]
                                     for c in codes])
                 groups_f = np.concatenate([[c.rec.speaker] * len(c.frames) for c in codes])
                 for r in rows:
                     if r == "stage-1":
-                        x = self._stage1_x(codes, f.modality, per_frame=True)
-                    elif r == "w":
-                        x = np.concatenate([np.repeat(c.lat["w"][None], len(c.frames), 0) for c in codes])
+                        x = np.concatenate([dis.within_clip(self._stage1_x([c], f.modality, per_frame=True))
+                                            for c in codes])
+                    elif r == "w":  # constant in a clip: nothing left within it (informativeness 0)
+                        x = np.zeros((len(y), len(codes[0].lat["w"])))
                     else:
-                        x = np.concatenate([c.lat[r][c.frames] for c in codes])
+                        x = np.concatenate([dis.within_clip(c.lat[r][c.frames]) for c in codes])
                     res = probes.probe_regression(x, y, groups_f, self.opt.folds, self.opt.seed)
                     matrix[r][f.name] = res["informativeness"]
                     detail[r][f.name] = res
