@@ -58,41 +58,44 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, c: float = LOGREG_C) -> Any:
 
 def fit_regressor(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, folds: int = FOLDS,
                   seed: int = 0) -> Any:
-    """Standardise + ridge regression; y (n,) or (n, K). The penalty (one of RIDGE_ALPHAS) is chosen by
-    generalised cross-validation, or, with `groups` of >= 2 values, by `folds` group-disjoint folds."""
+    """Standardise + ridge regression; y (n,) or (n, K). The penalty (one of RIDGE_ALPHAS, per target) is
+    chosen by generalised cross-validation, or, with `groups` of >= 2 values, by `folds` group-disjoint
+    folds."""
     lm, _, pp = _sk()
     from sklearn.pipeline import make_pipeline
 
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if groups is None or len(np.unique(groups)) < 2:
-        reg = make_pipeline(pp.StandardScaler(), lm.RidgeCV(alphas=RIDGE_ALPHAS))
+        reg = make_pipeline(pp.StandardScaler(), lm.RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=y.ndim > 1))
     else:
-        reg = make_pipeline(pp.StandardScaler(), lm.Ridge(alpha=grouped_ridge_alpha(x, y, groups, folds, seed)))
+        alpha = grouped_ridge_alpha(x, y, groups, folds, seed)
+        reg = make_pipeline(pp.StandardScaler(), lm.Ridge(alpha=alpha if y.ndim > 1 else float(alpha[0])))
     reg.fit(x, y)
     return reg
 
 
 def grouped_ridge_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = FOLDS,
-                        seed: int = 0) -> float:
-    """The RIDGE_ALPHAS penalty with the least squared error over group-disjoint folds (x standardised
-    on each fold's training rows). One SVD per fold serves every penalty: with X = U S V^T (centred),
-    the ridge prediction for new rows is X_new V diag(s / (s^2 + alpha)) U^T y."""
+                        seed: int = 0) -> np.ndarray:
+    """Per target (K,), the RIDGE_ALPHAS penalty with the least squared error over group-disjoint folds
+    (x standardised on each fold's training rows). One eigendecomposition per fold serves every
+    penalty and target: with X^T X = V diag(lam) V^T (X centred), the ridge prediction for new rows
+    is X_new V diag(1 / (lam + alpha)) V^T X^T y."""
     y2 = y[:, None] if y.ndim == 1 else y
     alphas = np.asarray(RIDGE_ALPHAS)
-    sse = np.zeros(len(alphas))
+    sse = np.zeros((len(alphas), y2.shape[1]))
     for te in _folds(len(x), np.asarray(groups), None, folds, seed):
         tr = np.setdiff1d(np.arange(len(x)), te)
         mu, sd = x[tr].mean(0), x[tr].std(0)
         sd[sd == 0] = 1.0
         xt, xv = (x[tr] - mu) / sd, (x[te] - mu) / sd
         ym = y2[tr].mean(0)
-        u, sv, vt = np.linalg.svd(xt, full_matrices=False)
-        uty = u.T @ (y2[tr] - ym)  # (r, K)
-        xvv = xv @ vt.T  # (n_te, r)
+        lam, v = np.linalg.eigh(xt.T @ xt)
+        vtxy = v.T @ (xt.T @ (y2[tr] - ym))  # (p, K)
+        xvv = xv @ v  # (n_te, p)
         for i, a in enumerate(alphas):
-            pred = xvv @ ((sv / (sv**2 + a))[:, None] * uty) + ym
-            sse[i] += float(np.sum((y2[te] - pred) ** 2))
-    return float(alphas[int(np.argmin(sse))])
+            pred = xvv @ (vtxy / (np.clip(lam, 0, None) + a)[:, None]) + ym
+            sse[i] += np.sum((y2[te] - pred) ** 2, 0)
+    return alphas[np.argmin(sse, 0)]
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
@@ -260,16 +263,18 @@ def probe_regression(x: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None 
     y2 = y[:, None] if y.ndim == 1 else y
     g = None if groups is None else np.asarray([str(v) for v in groups])
     pred = np.full_like(y2, np.nan)
-    for j in range(y2.shape[1]):
-        ok = np.isfinite(y2[:, j])
-        rows = np.flatnonzero(ok)
+    present = np.isfinite(y2)
+    # targets missing on the same rows are fitted together (one decomposition of x per fold)
+    for mask in np.unique(present, axis=1).T:
+        cols = np.flatnonzero((present == mask[:, None]).all(0))
+        rows = np.flatnonzero(mask)
         for te in _folds(len(rows), None if g is None else g[rows], None, folds, seed):
             tr = np.setdiff1d(np.arange(len(rows)), te)
             if len(tr) < 2:
                 continue
             inner = None if g is None else g[rows[tr]]  # the penalty chosen on other training speakers
-            reg = fit_regressor(x[rows[tr]], y2[rows[tr], j], inner, folds, seed)
-            pred[rows[te], j] = reg.predict(x[rows[te]])
+            reg = fit_regressor(x[rows[tr]], y2[np.ix_(rows[tr], cols)], inner, folds, seed)
+            pred[np.ix_(rows[te], cols)] = reg.predict(x[rows[te]]).reshape(len(te), len(cols))
     r2 = [r2_score(y2[:, j], np.nan_to_num(pred[:, j], nan=float(np.nanmean(y2[:, j]))))
           for j in range(y2.shape[1])]
     finite = [v for v in r2 if np.isfinite(v)]
