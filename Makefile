@@ -36,7 +36,7 @@ lint: setup
 bench: setup
 	$(PY) bench/run_all.py
 
-# The quality benchmark (docs/results.md): 40-speaker corpus + new speakers, the CPU recipe, targets.
+# The quality benchmark (docs/results.md): 100-speaker corpus + new speakers, the CPU recipe, targets.
 # About 100 minutes on 2 CPU cores; PROFILE=gpu for the reference sizes on a CUDA machine.
 PROFILE ?= cpu
 bench-quality: setup

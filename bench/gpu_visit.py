@@ -6,7 +6,7 @@ A lent machine comes for minutes, not hours, so this trains what the `gpu` profi
 `bench/quality.py` names (models/vqvae-*.yaml, mdvae.yaml, dsae-*.yaml) for as long as the budget
 allows rather than for the configs' epochs:
 
-1. the benchmark corpus (40 speakers, seed 0), synthesised and preprocessed with every CPU;
+1. the benchmark corpus (100 speakers, seed 0), synthesised and preprocessed with every CPU;
 2. each run in the benchmark's order gets its share of the time left (SHARES). A short probe run
    measures this machine's steps/s for it; the real run's epochs (or steps per epoch) are set so that
    its LR schedule and KL warm-up end inside the share, with the share as a hard time limit too;
