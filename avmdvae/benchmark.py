@@ -63,7 +63,7 @@ RUNS = {"vqvae-audio": ("vqvae", "audio"), "vqvae-visual": ("vqvae", "visual"), 
 
 # 100 speakers: VAL_FRACTION = TEST_FRACTION = 0.1 of them -> 10 validation, 10 test, 80 training speakers
 # (the benchmark asks for >= 30), each with neutral and the three emotions at intensity 2:
-# 100 x (1 + 3 x 1) x 3 = 1,200 clips of 3-4 s, about 121,000 frames. Speakers rather than clips per
+# 100 x (1 + 3 x 1) x 3 = 1,200 clips of 3-4 s, 115,023 frames. Speakers rather than clips per
 # speaker: at these 1,200 clips, 80 training speakers instead of 32 (with 30 clips each) lift the MDVAE's
 # face on unseen speakers by 1.8 dB (docs/results.md, ablation e31). Intensity varies in the new-speaker
 # corpus, which has every level.
