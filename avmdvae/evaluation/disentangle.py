@@ -18,7 +18,8 @@ here: the face crop of the front end follows the head and normalises its size, s
 reads the crops can see them (media estimators on crops: held-out R^2 below 0).
 
 Factor matrix: for each latent, a linear probe's informativeness for each factor (0 = chance,
-1 = perfect; classification: rescaled balanced accuracy, regression: R^2 clipped at 0). Clip
+1 = perfect; classification: rescaled balanced accuracy, regression: the mean over the factor's
+targets of R^2 clipped to [0, 1], `probes.probe_regression`). Clip
 factors are probed from w or time-pooled dynamical latents; per-frame factors from each frame's
 latent, both the latent and the target taken as deviations from their mean over the clip
 (`within_clip`): a per-frame factor is owned by what tracks it from frame to frame, and its level
