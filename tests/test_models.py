@@ -388,6 +388,63 @@ def test_mdvae_za_critic_adds_its_term_in_training_only() -> None:
         MDVAEDims.from_dict({"za_critic": -1.0})
 
 
+def test_zav_modality_dropout_shows_the_shared_posterior_one_modality_per_window_in_training_only() -> None:
+    m, d, *_ = _tiny_mdvae(zav_modality_dropout=0.5)
+    B, T = 4000, 3
+    ea, ev, w = torch.rand(B, T, 5) + 0.1, torch.rand(B, T, 7) + 0.1, torch.rand(B, T, d.w_dim)
+    torch.manual_seed(0)
+    ctx = m.contexts({"audio": ea, "visual": ev}, w)
+    seen_a = (ctx["zav"][..., :5] != 0).flatten(1).all(1)  # windows in which z(av) sees the audio
+    seen_v = (ctx["zav"][..., 5:12] != 0).flatten(1).all(1)
+    hidden_a = (ctx["zav"][..., :5] == 0).flatten(1).all(1)
+    hidden_v = (ctx["zav"][..., 5:12] == 0).flatten(1).all(1)
+    assert bool(((seen_a | hidden_a) & (seen_v | hidden_v)).all())  # a modality is hidden for the whole window
+    assert not bool((hidden_a & hidden_v).any())  # never both
+    for share in (hidden_a, hidden_v):  # each dropped in a quarter of the windows (p / 2)
+        assert abs(share.float().mean().item() - 0.25) < 0.03
+    _close(ctx["zav"][..., 12:], w)
+    _close(ctx["za"], torch.cat([ea, w], -1))  # the children always see their own modality
+    _close(ctx["zv"], torch.cat([ev, w], -1))
+    m.eval()
+    _close(m.contexts({"audio": ea, "visual": ev}, w)["zav"], torch.cat([ea, ev, w], -1))
+    with pytest.raises(ConfigError, match="zav_modality_dropout must be in"):
+        MDVAEDims.from_dict({"zav_modality_dropout": 1.5})
+
+
+def test_swap_cycle_encodes_a_decoded_mix_of_latents_again_and_compares_with_what_made_it() -> None:
+    m, d, xa, xv = _tiny_mdvae(B=4, T=5, swap_cycle=2.0)
+    B, T = xa.shape[:2]
+    noise = _mdvae_noise(d, B, T)
+    lat = m(xa, xv, noise=noise).latents
+    # by hand: the same permutations, decode, standardised features straight into the embeddings, means
+    g = torch.Generator().manual_seed(3)
+    perms = [torch.randperm(B, generator=g) for _ in lat]
+    mixed = [v[p] for v, p in zip(lat, perms, strict=True)]
+    ya, yv = (m.norm[k](x) for k, x in zip(("audio", "visual"), m.decode(m.Latents(*mixed)), strict=True))
+    again = m.encode_sequence(ya * m.norm["audio"].std + m.norm["audio"].mean,
+                              yv * m.norm["visual"].std + m.norm["visual"].mean)
+    want = 0.5 * sum((a - b).pow(2).sum() for a, b in zip(again, mixed, strict=True)) / B
+    _close(m.swap_cycle(lat, generator=torch.Generator().manual_seed(3)), want)
+    # each latent mixed on its own: the windows' own latents give a different value
+    assert (m.swap_cycle(lat, generator=torch.Generator().manual_seed(3)) - m.swap_cycle(lat)).abs() > 0
+    # the loss: the negative ELBO plus weight x term / T, in training only
+    torch.manual_seed(7)
+    out = m(xa, xv, noise=noise)
+    torch.manual_seed(7)
+    term = m.swap_cycle(out.latents)
+    plain, *_ = _tiny_mdvae(B=4, T=5)
+    plain.load_state_dict(m.state_dict())
+    ref = plain(xa, xv, noise=noise)
+    _close(out.terms["swap_cycle"], term)
+    _close(out.loss, ref.loss + 2.0 * term / T)
+    m.eval()
+    assert "swap_cycle" not in m(xa, xv, noise=noise).terms
+    with pytest.raises(ConfigError, match="at least 2 windows"):
+        m.swap_cycle(m.Latents(*(v[:1] for v in lat)))
+    with pytest.raises(ConfigError, match="swap_cycle must be >= 0"):
+        MDVAEDims.from_dict({"swap_cycle": -1.0})
+
+
 def test_decoder_z_must_be_a_known_view() -> None:
     with pytest.raises(ConfigError, match="decoder_z must be one of absolute, centred-za, centred-za-zv, centred"):
         MDVAEDims.from_dict({"decoder_z": "deviations"})

@@ -212,6 +212,15 @@ class MDVAEDims(_Dims):
     # the same window (layers.ClipCritic), played against the encoder: what z^a says about its clip
     # (speaker, emotion level) is then penalised. 0: no critic (the paper)
     za_critic: float = 0.0
+    # share of training windows in which q(z^av) sees one modality only (the other's embedding zeroed, each
+    # modality dropped in half of them): what only one modality shows (f0, head motion) cannot be relied on
+    # in z^av and belongs to z^a / z^v. 0: both always (the paper); inference always sees both
+    zav_modality_dropout: float = 0.0
+    # weight (per frame) of a swap-consistency term: each window is decoded from latents drawn from different
+    # windows of the batch (w of one, z^av of another, ...), the result encoded again, and the squared distance
+    # of the posterior means to the latents it was made from is penalised, so that each latent means the
+    # same whatever it is combined with. 0: none (the paper)
+    swap_cycle: float = 0.0
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
@@ -223,6 +232,10 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if not 0 <= self.zav_modality_dropout <= 1:
+            raise ConfigError(f"MDVAEDims.zav_modality_dropout must be in [0, 1], got {self.zav_modality_dropout}")
+        if self.swap_cycle < 0:
+            raise ConfigError(f"MDVAEDims.swap_cycle must be >= 0, got {self.swap_cycle}")
         if self.za_critic < 0:
             raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
         if self.decoder_z not in DECODER_Z:

@@ -18,11 +18,18 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
 Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = proj_v(x^v_t):
 
     q(w | x_{1:T})                    bidirectional GRU over [e^a_t, e^v_t], final states -> Gaussian
-    q(z^av_t | e^a_t, e^v_t, w, h^av_t)
+    q(z^av_t | e^a_t, e^v_t, w, h^av_t)   (zav_modality_dropout p: in training, a share p of the windows
+                                      show it one modality, the other's e zeroed)
     q(z^a_t  | e^a_t, w, h^a_t, z^av_t)
     q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
                                       (chain_inputs "deviations" / "normalised": the chains see e^m_t
                                       minus its mean over the window / also over its std)
+
+With swap_cycle > 0, the loss also has a swap-consistency term (`swap_cycle`): latents of different
+windows of the batch are combined (w of one window, z^av of another, z^a and z^v of others), decoded,
+and encoded again; the squared distance (halved, summed over dims and frames) of the posterior means to
+the latents they were made from is added with that weight per frame. Its gradient reaches the decoders
+and the second encoding, not the latents it starts from.
 
 With za_critic > 0, the loss also has a term played by an adversary (layers.ClipCritic) that tells from
 z^a alone whether two half-windows come from the same window; the encoder is trained to hide it.
@@ -39,6 +46,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from avmdvae.errors import ConfigError
 from avmdvae.models.config import DECODER_Z, MDVAEDims
 from avmdvae.models.layers import Chain, ClipCritic, Standardize, StaticEncoder, decoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
@@ -93,16 +101,42 @@ class MDVAE(SequenceVAE):
         """SequenceVAE.forward (the negative ELBO), plus the clip critic's term when there is one:
         terms "critic_za" (its cross-entropy, nats) and "critic_za_acc" (its accuracy)."""
         out = super().forward(*xs, **options)
+        if self.dims.swap_cycle > 0 and self.training:
+            out.terms["swap_cycle"] = cycle = self.swap_cycle(out.latents)
+            out.loss = out.loss + self.dims.swap_cycle * cycle / out.latents.zav.shape[1]
         if self.critic is not None and self.training:
             loss, acc = self.critic(out.latents.za)
             out.terms["critic_za"], out.terms["critic_za_acc"] = loss, acc
             out.loss = out.loss + self.dims.za_critic * loss
         return out
 
+    def swap_cycle(self, lat: Latents, generator: torch.Generator | None = None) -> Tensor:
+        """Swap consistency of a batch of latents (w (B, Dw), z's (B, T, Dz)), B >= 2 -> a scalar, mean over
+        the batch: each latent taken from a random window (a permutation per latent), the combination decoded,
+        the decoded (standardised) features encoded again (posterior means), and 1/2 the squared distance
+        of the new means to the combined latents, summed over dims and frames. The latents are detached."""
+        B = lat.w.shape[0]
+        if B < 2:
+            raise ConfigError("the swap-consistency term needs at least 2 windows per batch")
+        mixed = self.Latents(*(v.detach()[torch.randperm(B, generator=generator, device=v.device)] for v in lat))
+        y = self._decode(mixed.w, {n: getattr(mixed, n) for n in self.chains})
+        e = {m: self.embed[m](y[m]) for m in self.modalities}
+        T = mixed.zav.shape[1]
+        zeros = {n: y[self.modalities[0]].new_zeros(B, *shape) for n, shape in self.noise_shapes(T).items()}
+        (w_mean, _), _, ch = self._infer(e, zeros)
+        err = (w_mean - mixed.w).pow(2).sum() + sum((o.post[0] - getattr(mixed, n)).pow(2).sum() for n, o in ch.items())
+        return 0.5 * err / B
+
     def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
         """What each posterior sees besides its own state (and z^av_t for the children)."""
         ea, ev = e["audio"], e["visual"]
-        return {"zav": torch.cat([ea, ev, w], -1), "za": torch.cat([ea, w], -1), "zv": torch.cat([ev, w], -1)}
+        p = self.dims.zav_modality_dropout
+        if self.training and p > 0:  # per window: u < p/2 hides the audio, p/2 <= u < p the face
+            u = torch.rand(ea.shape[0], 1, 1, device=ea.device)
+            ea_av, ev_av = ea * (u >= p / 2), ev * ((u < p / 2) | (u >= p))
+        else:
+            ea_av, ev_av = ea, ev
+        return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([ea, w], -1), "zv": torch.cat([ev, w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:
         """Audio is decoded from [w, z^av, z^a], the face from [w, z^av, z^v] (the z's in `centred` minus

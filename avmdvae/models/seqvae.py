@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
 from avmdvae.models.layers import (
+    ChainOutput,
     Standardize,
     StaticEncoder,
     gaussian_kl,
@@ -173,6 +174,17 @@ class SequenceVAE(nn.Module):
         y = {m: self.norm[m](x[m]) for m in self.modalities}
         return y, {m: self.embed[m](y[m]) for m in self.modalities}
 
+    def _infer(
+        self, e: Mapping[str, Tensor], eps: Mapping[str, Tensor]
+    ) -> tuple[tuple[Tensor, Tensor], Tensor, dict[str, ChainOutput]]:
+        """Embeddings e[m] (B, T, E_m) and noise (`noise_shapes`; zeros: posterior means) -> (q(w)'s mean and
+        log-variance, the w drawn (B, Dw), chain name -> ChainOutput)."""
+        T = next(iter(e.values())).shape[1]
+        w_mean, w_logvar = self.q_w(torch.cat(list(e.values()), -1))
+        w = reparameterize(w_mean, w_logvar, eps["w"])
+        ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
+        return (w_mean, w_logvar), w, unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
+
     def _decode(self, w: Tensor, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """-> modality -> standardised feature mean (B, T, D); w (B, Dw) or per frame (B, T, Dw)."""
         T = next(iter(z.values())).shape[1]
@@ -196,10 +208,7 @@ class SequenceVAE(nn.Module):
         betas = resolve_beta(beta, self.latent_names)
         eps = self._noise(noise, B, T, xs[0], sample=True)
         y, e = self._embed(x)
-        w_mean, w_logvar = self.q_w(torch.cat(list(e.values()), -1))
-        w = reparameterize(w_mean, w_logvar, eps["w"])
-        ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
-        ch = unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
+        (w_mean, w_logvar), w, ch = self._infer(e, eps)
         means = self._decode(w, {n: o.z for n, o in ch.items()})
 
         nll = {m: gaussian_nll(y[m], means[m], self.obs_logvar[m] if self.obs_logvar else None) for m in y}

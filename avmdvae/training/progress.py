@@ -36,6 +36,7 @@ _LABELS = {
     "kl_weight": "KL weight",
     "critic_za": "critic(za) cross-entropy",  # MDVAEDims.za_critic
     "critic_za_acc": "critic(za) accuracy",
+    "swap_cycle": "swap consistency",  # MDVAEDims.swap_cycle
 }
 _REC = {"visual": "rec (face MSE)", "audio": "rec (Itakura-Saito)"}
 
