@@ -98,7 +98,8 @@ class MDVAE(SequenceVAE):
         self.critic = ClipCritic(d.za_dim) if d.za_critic > 0 else None
 
     def forward(self, *xs: Tensor, **options: Any) -> MDVAEOutput:
-        """SequenceVAE.forward (the negative ELBO), plus the clip critic's term when there is one:
+        """SequenceVAE.forward (the negative ELBO), plus in training the swap-consistency term when
+        swap_cycle > 0 (term "swap_cycle", nats per window) and the clip critic's when there is one:
         terms "critic_za" (its cross-entropy, nats) and "critic_za_acc" (its accuracy)."""
         out = super().forward(*xs, **options)
         if self.dims.swap_cycle > 0 and self.training:
@@ -121,8 +122,7 @@ class MDVAE(SequenceVAE):
         mixed = self.Latents(*(v.detach()[torch.randperm(B, generator=generator, device=v.device)] for v in lat))
         y = self._decode(mixed.w, {n: getattr(mixed, n) for n in self.chains})
         e = {m: self.embed[m](y[m]) for m in self.modalities}
-        T = mixed.zav.shape[1]
-        zeros = {n: y[self.modalities[0]].new_zeros(B, *shape) for n, shape in self.noise_shapes(T).items()}
+        zeros = self._noise(None, B, mixed.zav.shape[1], y[self.modalities[0]], sample=False)  # posterior means
         (w_mean, _), _, ch = self._infer(e, zeros)
         err = (w_mean - mixed.w).pow(2).sum() + sum((o.post[0] - getattr(mixed, n)).pow(2).sum() for n, o in ch.items())
         return 0.5 * err / B
