@@ -99,7 +99,7 @@ class MDVAE(SequenceVAE):
 
     def forward(self, *xs: Tensor, **options: Any) -> MDVAEOutput:
         """SequenceVAE.forward (the negative ELBO), plus in training the swap-consistency term when
-        swap_cycle > 0 (term "swap_cycle", nats per window) and the clip critic's when there is one:
+        swap_cycle > 0 (term "swap_cycle", per window) and the clip critic's when there is one:
         terms "critic_za" (its cross-entropy, nats) and "critic_za_acc" (its accuracy)."""
         out = super().forward(*xs, **options)
         if self.dims.swap_cycle > 0 and self.training:
