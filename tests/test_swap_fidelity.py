@@ -65,6 +65,27 @@ def test_perfect_swap_scores_one_no_op_zero_and_copying_b_below_one(media) -> No
             assert v == 0.0 and copy_b["leakage"][m] == 1.0, (latent, m)
 
 
+def test_decomposition_splits_a_swap_into_progress_and_other_change(media) -> None:
+    r, c = media["none"], media["zv"]  # z(v): B's blinks and head motion on A's face
+    assert S.decompose("visual", c, r, c) == (1.0, 0.0)
+    assert S.decompose("visual", r, r, c) == (0.0, 0.0)
+    assert all(np.isnan(S.decompose("visual", c, r, r)))  # nothing to measure when c is r
+    # half way to c: progress 1/2, nothing else
+    half = S.Media(((r.faces.astype(np.float64) + c.faces) / 2).round().astype(np.uint8), r.power)
+    along, off = S.decompose("visual", half, r, c)
+    assert abs(along - 0.5) < 0.02 and off < 0.01
+    wrong = media["all"]  # copying B: B's head motion, and B's face besides
+    along, off = S.decompose("visual", wrong, r, c)
+    assert off > 1.0
+    # for faces, fidelity = 1 - (1 - along)^2 - off exactly (d is the face MSE)
+    n = min(len(wrong.faces), len(c.faces))
+    fid = S.fidelity(S.face_distance(wrong.faces[:n], c.faces[:n]), S.face_distance(r.faces[:n], c.faces[:n]))
+    assert fid == pytest.approx(max(-1.0, 1 - (1 - along) ** 2 - off), abs=1e-9)
+    # audio: dB of power; a swap that leaves the audio alone makes no progress there
+    assert S.decompose("audio", r, r, media["za"]) == (0.0, 0.0)
+    assert S.decompose("audio", media["za"], r, media["za"])[0] == pytest.approx(1.0)
+
+
 def test_summary_keys_and_means(media) -> None:
     r = media["none"]
     rows = {latent: [S.pair_scores(media[latent], r, media[latent], latent, media["all"])] * 2
@@ -75,6 +96,8 @@ def test_summary_keys_and_means(media) -> None:
         assert set(v) == {"audio", "visual", "mean"} and v["mean"] == 1.0, latent
     assert np.isnan(s["swap_fidelity"]["za"]["visual"]) and np.isnan(s["swap_fidelity"]["zv"]["audio"])
     assert s["leakage"]["za"]["visual"]["mean"] == 0.0
+    assert s["decomposition"]["zv"] == {"visual": {"along": 1.0, "off": 0.0}}
+    assert set(s["decomposition"]["all"]) == {"audio", "visual"}
     json.dumps(s, allow_nan=True)
 
 
@@ -83,6 +106,7 @@ def test_markdown_section(media) -> None:
     rows = {latent: [S.pair_scores(r, r, media[latent], latent, media["all"])] for latent in S.SWAP_LATENTS}
     md = S.markdown({"pairs": 1, **S.summarise(rows)})
     assert "Swap fidelity" in md and "| zav |" in md
+    assert "| zv | visual | 0.000 | 0.000 |" in md  # a no-op: no progress, nothing else changed
 
 
 def test_clip_spec_from_truth_and_synth_source(tmp_path) -> None:

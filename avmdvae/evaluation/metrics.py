@@ -115,7 +115,10 @@ def si_sdr(clean: ArrayLike, est: ArrayLike, eps: float = 1e-12) -> float:
     return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
 
 
-def log_spectral_distance(power_ref: ArrayLike, power_est: ArrayLike, eps: float = 1e-10) -> float:
+LSD_EPS = 1e-10  # power floor of the log-spectral distance (a 100 dB range below unit power)
+
+
+def log_spectral_distance(power_ref: ArrayLike, power_est: ArrayLike, eps: float = LSD_EPS) -> float:
     """RMS over bins of the dB difference, averaged over frames. Power spectrograms (..., N, F)."""
     r = torch.as_tensor(power_ref).double().clamp_min(0)
     e = torch.as_tensor(power_est).double().clamp_min(0)

@@ -77,6 +77,30 @@ def distance(modality: str, a: Media, b: Media) -> float:
     return face_distance(a.faces, b.faces) if modality == "visual" else audio_distance(a.power, b.power)
 
 
+def _as_vector(modality: str, m: Media, n: int) -> np.ndarray:
+    """The first n frames as one vector: pixels in [0, 1] (visual) or dB of power (audio)."""
+    if modality == "visual":
+        return np.asarray(m.faces[:n], np.float64).ravel() / 255.0
+    return 10.0 * np.log10(np.asarray(m.power[:n], np.float64).clip(0) + M.LSD_EPS).ravel()
+
+
+def decompose(modality: str, o: Media, r: Media, c: Media) -> tuple[float, float]:
+    """Where a swap's error comes from: with v = c - r (the counterfactual's change) and u = o - r (the swap's),
+    along = <u, v> / |v|^2 (the share of the way to c the swap went: 0 no-op, 1 all of it) and
+    off = |u - along v|^2 / |v|^2 (what it changed that the counterfactual does not, in units of the change).
+    Face pixels in [0, 1], or dB of power. For faces, fidelity = 1 - (1 - along)^2 - off exactly (d is the
+    MSE); for audio approximately (d is the log-spectral distance). (nan, nan) when c equals r."""
+    n = min(len(o.faces), len(r.faces), len(c.faces)) if modality == "visual" else \
+        min(len(o.power), len(r.power), len(c.power))
+    ov, rv, cv = (_as_vector(modality, m, n) for m in (o, r, c))
+    v, u = cv - rv, ov - rv
+    vv = float(v @ v)
+    if not np.isfinite(vv) or vv <= 1e-12:
+        return float("nan"), float("nan")
+    along = float(u @ v) / vv
+    return along, float(np.sum((u - along * v) ** 2)) / vv
+
+
 def fidelity(d_oc: float, d_rc: float, eps: float = 1e-12) -> float:
     """clip(1 - d(o, c) / d(r, c), -1, 1); nan when r already equals c (nothing to measure)."""
     if not np.isfinite(d_oc) or not np.isfinite(d_rc) or d_rc <= eps:
@@ -93,10 +117,11 @@ def affected(latent: str) -> tuple[str, ...]:
 
 def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None = None) -> dict[str, Any]:
     """One pair, one latent: {"fidelity": {modality: score}, "leakage": {modality: value}}."""
-    out: dict[str, dict[str, float]] = {"fidelity": {}, "leakage": {}}
+    out: dict[str, dict[str, float]] = {"fidelity": {}, "leakage": {}, "along": {}, "off": {}}
     for m in MODALITIES:
         if m in affected(latent):
             out["fidelity"][m] = fidelity(distance(m, o, c), distance(m, r, c))
+            out["along"][m], out["off"][m] = decompose(m, o, r, c)
         elif o_all is not None:
             den = distance(m, o_all, r)
             out["leakage"][m] = distance(m, o, r) / den if den > 1e-12 else float("nan")
@@ -106,18 +131,22 @@ def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None =
 def summarise(per_pair: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """per_pair: latent -> list of pair_scores dicts. Returns
     {"swap_fidelity": {latent: {audio, visual, mean}} (floats: means over pairs; nan where the
-    modality is not affected; "mean" over the affected modalities), "fidelity_stats", "leakage"}."""
+    modality is not affected; "mean" over the affected modalities), "fidelity_stats", "leakage",
+    "decomposition": {latent: {modality: {"along", "off"}}} (means over pairs; see `decompose`)}."""
     fid: dict[str, dict[str, float]] = {}
     st: dict[str, dict[str, Any]] = {}
     leak: dict[str, dict[str, Any]] = {}
+    dec: dict[str, dict[str, dict[str, float]]] = {}
     for latent, rows in per_pair.items():
         st[latent] = {m: M.stats(r["fidelity"][m] for r in rows) for m in MODALITIES if m in affected(latent)}
+        dec[latent] = {m: {k: M.stats(r[k][m] for r in rows if m in r.get(k, {}))["mean"] for k in ("along", "off")}
+                       for m in st[latent]}
         leak[latent] = {m: M.stats(r["leakage"][m] for r in rows if m in r["leakage"]) for m in MODALITIES
                         if m not in affected(latent)}
         fid[latent] = {m: st[latent][m]["mean"] if m in st[latent] else float("nan") for m in MODALITIES}
         vals = [fid[latent][m] for m in st[latent] if np.isfinite(fid[latent][m])]
         fid[latent]["mean"] = float(np.mean(vals)) if vals else float("nan")
-    return {"swap_fidelity": fid, "fidelity_stats": st, "leakage": leak}
+    return {"swap_fidelity": fid, "fidelity_stats": st, "leakage": leak, "decomposition": dec}
 
 
 # ------------------------------------------------------------------------------------ synthetic source
@@ -326,7 +355,8 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
                            "score": "clip(1 - d(o, c) / d(r, c), -1, 1); d: face MSE (visual), "
                                     "log-spectral distance in dB (audio)",
                            **summarise(per_pair),
-                           "ceiling": summarise(ceiling)["swap_fidelity"],
+                           "ceiling": (top := summarise(ceiling))["swap_fidelity"],
+                           "ceiling_decomposition": top["decomposition"],
                            "regeneration": {k: M.stats(v) for k, v in regen.items()}}
     if est is not None:
         usable = [k for k, q in est.quality.items() if q.get("usable")]
@@ -377,6 +407,15 @@ def markdown(s: Mapping[str, Any]) -> str:
     if s.get("ceiling"):
         out.append("Ceiling: the fidelity of the model's own resynthesis of the counterfactual, the best a "
                    "swap can score with this model's reconstruction error.\n")
+    dec, top = s.get("decomposition", {}), s.get("ceiling_decomposition", {})
+    rows = [[latent, m, f(v.get("along")), f(v.get("off")), f(top.get(latent, {}).get(m, {}).get("along")),
+             f(top.get(latent, {}).get(m, {}).get("off"))]
+            for latent, per in dec.items() for m, v in per.items()]
+    if rows:
+        out.append("Where a swap's error comes from: with the counterfactual's change c − r, *along* is the share of "
+                   "it the swap made (0 = no-op, 1 = all) and *off* what it changed besides, in units of that "
+                   "change (face pixels; dB of power). For faces fidelity = 1 − (1 − along)² − off.\n")
+        out.append(_table(["swapped", "modality", "along", "off", "ceiling along", "ceiling off"], rows))
     rg = s.get("regeneration", {})
     if rg:
         out.append(f"Regenerated A vs the corpus' A (codec and front end): face MSE "
@@ -410,6 +449,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["MODALITIES", "Media", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec", "distance",
-           "face_distance", "fidelity", "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise",
-           "synth_source", "transfer_summary", "transfers"]
+__all__ = ["MODALITIES", "Media", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec", "decompose",
+           "distance", "face_distance", "fidelity", "markdown", "pair_scores", "pick_pairs", "run", "stage1",
+           "summarise", "synth_source", "transfer_summary", "transfers"]
