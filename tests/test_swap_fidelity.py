@@ -229,6 +229,8 @@ def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:
     assert rep["swap_fidelity"]["za"]["visual"] is None  # not a modality z(a) should change
     assert "Swap fidelity" in (tmp_path / "report.md").read_text()
     assert "swap_fidelity.png" in rep["plots"] and (tmp_path / "swap_fidelity.png").stat().st_size > 1000
+    assert rep["swap"]["decomposition"]["zv"]["visual"] == {"along": 1.0, "off": 0.0}
+    assert "swap_decomposition.png" in rep["plots"] and (tmp_path / "swap_decomposition.png").stat().st_size > 1000
 
 
 # ------------------------------------------------------------------------------------------ the task

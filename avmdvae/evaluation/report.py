@@ -277,6 +277,41 @@ def _plot_fidelity(s: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_decomposition(s: dict[str, Any], path: Path) -> Path:
+    """Each swap (filled) and its ceiling (hollow, joined) in the (along, off) plane of
+    `evaluation.swap.decompose`, with the faces' iso-fidelity curves off = 1 - (1 - along)^2 - fidelity."""
+    plt = _plt()
+    from avmdvae.evaluation.swap import SWAP_LATENTS
+
+    top = s.get("ceiling_decomposition", {})
+    dec = {k: s["decomposition"][k] for k in SWAP_LATENTS if k in s.get("decomposition", {})}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    a = np.linspace(0, 1.2, 100)
+    for f, style in ((0.0, ":"), (0.6, "--"), (0.8, "-")):
+        ax.plot(a, 1 - (1 - a) ** 2 - f, style, color="grey", lw=0.8)
+        ax.text(1.2, 1 - 0.04 - f, f"fidelity {f:g}", fontsize=7, color="grey", ha="right", va="top")
+    k = 0
+    for latent, per in dec.items():
+        for mod, v in per.items():
+            x, y = v.get("along"), v.get("off")
+            if x is None or y is None:
+                continue
+            c, marker = f"C{k % 10}", "o" if mod == "visual" else "s"
+            ax.plot([x], [y], marker, color=c, label=f"{latent} {mod}")
+            t = top.get(latent, {}).get(mod, {})
+            if t.get("along") is not None and t.get("off") is not None:
+                ax.plot([x, t["along"]], [y, t["off"]], "-", color=c, lw=0.8, alpha=0.6)
+                ax.plot([t["along"]], [t["off"]], marker, mfc="none", color=c)
+            k += 1
+    ax.set_xlim(-0.1, 1.2)
+    ax.set_ylim(0, max(1.2, *(v.get("off") or 0 for per in dec.values() for v in per.values())) + 0.05)
+    ax.set_xlabel("along: share of the counterfactual's change made (1 = all)")
+    ax.set_ylabel("off: other change, in units of it")
+    ax.set_title("where each swap's error comes from (filled) and its ceiling (hollow)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
 DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
                    "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"))}
 
@@ -372,6 +407,8 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
 
             md.append(swap_markdown(res["swap"]))
             plot(_plot_fidelity, res["swap"], "swap_fidelity.png")
+            if res["swap"].get("decomposition"):
+                plot(_plot_decomposition, res["swap"], "swap_decomposition.png")
             res["swap_fidelity"] = res["swap"]["swap_fidelity"]  # swap_fidelity.<latent>.<audio|visual|mean>
         if plots:
             md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
