@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import ClipCritic, FiLMDecoder, unroll
+from avmdvae.models.layers import AdditiveDecoder, ClipCritic, FiLMDecoder, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -209,6 +209,25 @@ def test_mdvae_gradients_match_finite_differences(learn_var: bool) -> None:
     assert torch.autograd.gradcheck(loss, (xa, xv, *chosen))
 
 
+def test_additive_decoder_moves_the_features_by_the_same_amount_whatever_w() -> None:
+    """decoder "additive": static(w) + dynamic(z), so dec(w1, z1) - dec(w1, z2) = dec(w2, z1) - dec(w2, z2);
+    an MDVAE with it trains (gradients reach both parts) and decodes a swap."""
+    torch.manual_seed(0)
+    dec = AdditiveDecoder(3, 5, [6], 4).double()
+    w1, w2 = torch.randn(2, 7, 3, dtype=torch.float64)
+    z1, z2 = torch.randn(2, 7, 5, dtype=torch.float64)
+    d = lambda w, z: dec(torch.cat([w, z], -1))  # noqa: E731
+    _close(d(w1, z1) - d(w1, z2), d(w2, z1) - d(w2, z2))
+    _close(d(w1, z1), dec.static(w1) + dec.dynamic(z1))
+    assert not torch.allclose(d(w1, z1), d(w2, z1))
+    m, dims, xa, xv = _tiny_mdvae(B=2, T=4, decoder="additive")
+    m(xa, xv).loss.backward()
+    for mod in ("audio", "visual"):
+        for part in ("static", "dynamic"):
+            grads = [p.grad for p in getattr(m.decoders[mod], part).parameters()]
+            assert all(g is not None and g.abs().sum() > 0 for g in grads), (mod, part)
+
+
 def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z() -> None:
     """decoder "film": h = tanh(A z + a) * (1 + g(w)) + s(w) per hidden layer; at initialisation g = s = 0,
     so w has no effect until it is learnt; the model trains through it (gradcheck)."""
@@ -225,7 +244,7 @@ def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z(
     _close(dec(torch.cat([w, z], -1)), dec.out(h))
     with pytest.raises(ConfigError, match="film needs hidden layers"):
         MDVAEDims.from_dict({"decoder": "film", "dec_hidden_a": []})
-    with pytest.raises(ConfigError, match="decoder must be one of concat, film"):
+    with pytest.raises(ConfigError, match="decoder must be one of concat, film, additive"):
         MDVAEDims.from_dict({"decoder": "adain"})
 
     m, d, xa, xv = _tiny_mdvae(B=2, T=4, decoder="film")

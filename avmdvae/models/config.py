@@ -22,7 +22,7 @@ from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
-DECODERS = ("concat", "film")  # MDVAEDims.decoder, layers.decoder
+DECODERS = ("concat", "film", "additive")  # MDVAEDims.decoder, layers.decoder
 # MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
 DECODER_Z: dict[str, tuple[str, ...]] = {
     "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),
@@ -201,8 +201,9 @@ class MDVAEDims(_Dims):
     # mean) or "normalised" (also over its std): then what stays put in a window reaches the decoders
     # only through w (layers.window_view; docs/results.md, quality benchmark ablations)
     chain_inputs: str = "frames"
-    # how the decoders read w: "concat" (one more input of the MLP, the paper) or "film" (w scales and
-    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder)
+    # how the decoders read w: "concat" (one more input of the MLP, the paper), "film" (w scales and
+    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder) or "additive" (an MLP of w plus
+    # one of the z's: layers.AdditiveDecoder)
     decoder: str = "concat"
     # what the decoders read of the dynamical latents: "absolute" (z_t as it is, the paper), "centred-za"
     # (z^a_t minus its mean over the sequence), "centred-za-zv" (z^a and z^v) or "centred" (every z): a

@@ -7,6 +7,7 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     StaticEncoder  q(w | e_{1:T}): bidirectional nn.GRU (cuDNN on a GPU), final states -> GaussianHead
     Chain          one dynamical latent: GRU state over its own past samples, prior and posterior heads
     FiLMDecoder    [w, z] -> MLP over z whose hidden layers w scales and shifts (decoders "film")
+    AdditiveDecoder [w, z] -> MLP(w) + MLP(z): a z's effect does not depend on w (decoders "additive")
     window_view    what the chains' posteriors see of the frames: as they are, or without the window's
                    mean (and scale), so that what stays put in a window can reach the decoders only via w
     unroll         advances several chains together, frame by frame (the models' only time loop)
@@ -144,13 +145,29 @@ class FiLMDecoder(nn.Module):
         return self.out(h)
 
 
+class AdditiveDecoder(nn.Module):
+    """x = [w, z] (..., w_dim + z_dim), w first -> static(w) + dynamic(z) (..., out_dim), two MLPs with the
+    same hidden widths: what a z says is the same displacement of the features whatever the w, so that
+    a z taken from another clip moves its factor and cannot bring that clip's w along by interaction."""
+
+    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        self.w_dim = w_dim
+        self.static, self.dynamic = mlp(w_dim, hidden, out_dim), mlp(z_dim, hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.static(x[..., : self.w_dim]) + self.dynamic(x[..., self.w_dim :])
+
+
 def decoder(kind: str, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Module:
-    """A per-frame decoder of [w, z] (w first): "concat", one MLP over the concatenation (the paper), or
-    "film" (FiLMDecoder)."""
+    """A per-frame decoder of [w, z] (w first): "concat", one MLP over the concatenation (the paper),
+    "film" (FiLMDecoder) or "additive" (AdditiveDecoder)."""
     if kind == "concat":
         return mlp(w_dim + z_dim, hidden, out_dim)
     if kind == "film":
         return FiLMDecoder(w_dim, z_dim, hidden, out_dim)
+    if kind == "additive":
+        return AdditiveDecoder(w_dim, z_dim, hidden, out_dim)
     raise ConfigError(f"unknown decoder {kind!r}; use one of {', '.join(DECODERS)}")
 
 
