@@ -289,7 +289,7 @@ def _plot_decomposition(s: dict[str, Any], path: Path) -> Path:
     a = np.linspace(0, 1.2, 100)
     for f, style in ((0.0, ":"), (0.6, "--"), (0.8, "-")):
         ax.plot(a, 1 - (1 - a) ** 2 - f, style, color="grey", lw=0.8)
-        ax.text(1.2, 1 - 0.04 - f, f"fidelity {f:g}", fontsize=7, color="grey", ha="right", va="top")
+        ax.text(1.2, 1 - 0.04 - f, f"face fidelity {f:g}", fontsize=7, color="grey", ha="right", va="top")
     k = 0
     for latent, per in dec.items():
         for mod, v in per.items():
