@@ -90,8 +90,7 @@ def decompose(modality: str, o: Media, r: Media, c: Media) -> tuple[float, float
     off = |u - along v|^2 / |v|^2 (what it changed that the counterfactual does not, in units of the change).
     Face pixels in [0, 1], or dB of power. For faces, fidelity = 1 - (1 - along)^2 - off exactly (d is the
     MSE); for audio approximately (d is the log-spectral distance). (nan, nan) when c equals r."""
-    n = min(len(o.faces), len(r.faces), len(c.faces)) if modality == "visual" else \
-        min(len(o.power), len(r.power), len(c.power))
+    n = min(len(m.faces if modality == "visual" else m.power) for m in (o, r, c))
     ov, rv, cv = (_as_vector(modality, m, n) for m in (o, r, c))
     v, u = cv - rv, ov - rv
     vv = float(v @ v)
@@ -116,7 +115,9 @@ def affected(latent: str) -> tuple[str, ...]:
 
 
 def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None = None) -> dict[str, Any]:
-    """One pair, one latent: {"fidelity": {modality: score}, "leakage": {modality: value}}."""
+    """One pair, one latent: {"fidelity": {modality: score}, "leakage": {modality: value}, "along" and
+    "off": {modality: value} (`decompose`)}; fidelity, along and off for the modalities the latent changes,
+    leakage for the others."""
     out: dict[str, dict[str, float]] = {"fidelity": {}, "leakage": {}, "along": {}, "off": {}}
     for m in MODALITIES:
         if m in affected(latent):
