@@ -681,3 +681,32 @@ def test_runs_from_before_standardisation_fail_with_a_clear_message() -> None:
     old = {k: v for k, v in MDVAE(MDVAEDims.tiny()).state_dict().items() if not k.startswith("norm.")}
     with pytest.raises(ConfigError, match="train it again"):
         load_model_state(MDVAE(MDVAEDims.tiny()), old, "old/best.pt")
+
+
+def test_za_band_infers_za_from_the_lowest_frequency_positions_of_the_audio_feature_only() -> None:
+    # tiny audio feature: 2 channels x 8 positions, flattened channel-major; z(a) reads positions 0-2
+    m, d, xa, xv = _tiny_mdvae(B=2, T=5, audio_positions=8, za_band=3)
+    high = torch.zeros(2, 8, dtype=torch.bool)
+    high[:, 3:] = True
+    high = high.flatten()  # the positions above the band, in both channels
+    xa_high = xa.clone()
+    xa_high[..., high] += 5.0 * torch.randn_like(xa_high[..., high])
+    xa_low = xa.clone()
+    xa_low[..., ~high] += 5.0 * torch.randn_like(xa_low[..., ~high])
+    w = torch.rand(2, 5, d.w_dim, dtype=xa.dtype)
+
+    def ctx(a: torch.Tensor) -> dict[str, torch.Tensor]:
+        return m.contexts(m._embed({"audio": a, "visual": xv})[1], w)
+
+    base = ctx(xa)
+    _close(ctx(xa_high)["za"], base["za"])  # z(a) does not see above the band
+    assert (ctx(xa_low)["za"] - base["za"]).abs().max() > 1e-3  # and does see the band
+    assert (ctx(xa_high)["zav"] - base["zav"]).abs().max() > 1e-3  # z(av) still sees the whole spectrum
+    # q(w) reads the modalities' embeddings only, and a whole clip is encoded as in training
+    lat = m.encode_sequence(xa, xv)
+    assert lat.za.shape == (2, 5, d.za_dim)
+    assert torch.isfinite(m(xa, xv, noise=_mdvae_noise(d, 2, 5)).loss)
+    with pytest.raises(ConfigError, match="za_band must be in"):
+        MDVAEDims.from_dict({"feat_a": 16, "audio_positions": 8, "za_band": 9})
+    with pytest.raises(ConfigError, match="a multiple of audio_positions"):
+        MDVAEDims.from_dict({"feat_a": 16, "audio_positions": 5, "za_band": 2})

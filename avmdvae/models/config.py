@@ -70,7 +70,7 @@ class _Dims:
     def validate(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if _is_int(v) and v <= 0 and f.name != "n_res_blocks":
+            if _is_int(v) and v <= 0 and f.name not in ("n_res_blocks", "za_band"):
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be positive, got {v}")
             if isinstance(v, list) and any(x <= 0 for x in v):
                 raise ConfigError(f"{type(self).__name__}.{f.name} layer widths must be positive, got {v}")
@@ -179,6 +179,7 @@ class MDVAEDims(_Dims):
     """
 
     feat_a: int = 512  # audio VQ-VAE feature (64 * 8)
+    audio_positions: int = 64  # frequency positions of that feature (lowest first; 8 channels each)
     feat_v: int = 2048  # visual VQ-VAE feature (8 * 8 * 32)
     w_dim: int = 84
     zav_dim: int = 16
@@ -222,6 +223,11 @@ class MDVAEDims(_Dims):
     # of the posterior means to the latents it was made from is penalised, so that each latent means the
     # same whatever it is combined with. 0: none (the paper)
     swap_cycle: float = 0.0
+    # what q(z^a) reads of the audio: 0, the audio embedding (the paper); k > 0, an embedding of its own (an MLP
+    # of proj_a's widths) of the k lowest frequency positions of the stage-1 feature only (k = 8 of 64: up to
+    # about 1 kHz, where the harmonics of the voice's f0 are resolved), so that z^a is inferred from where the
+    # pitch shows and not from the spectral envelope above it
+    za_band: int = 0
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
@@ -237,6 +243,11 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.zav_modality_dropout must be in [0, 1], got {self.zav_modality_dropout}")
         if self.swap_cycle < 0:
             raise ConfigError(f"MDVAEDims.swap_cycle must be >= 0, got {self.swap_cycle}")
+        if self.za_band and (self.feat_a % self.audio_positions or not 0 < self.za_band <= self.audio_positions):
+            raise ConfigError(
+                f"MDVAEDims.za_band must be in [0, audio_positions = {self.audio_positions}] and feat_a "
+                f"({self.feat_a}) a multiple of audio_positions, got za_band {self.za_band}"
+            )
         if self.za_critic < 0:
             raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
         if self.decoder_z not in DECODER_Z:

@@ -20,7 +20,8 @@ Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = pro
     q(w | x_{1:T})                    bidirectional GRU over [e^a_t, e^v_t], final states -> Gaussian
     q(z^av_t | e^a_t, e^v_t, w, h^av_t)   (zav_modality_dropout p: in training, a share p of the windows
                                       show it one modality, the other's e zeroed)
-    q(z^a_t  | e^a_t, w, h^a_t, z^av_t)
+    q(z^a_t  | e^a_t, w, h^a_t, z^av_t)   (za_band k: e^a_t replaced by b_t = proj_b(x^a_t's k lowest
+                                      frequency positions), the band where f0's harmonics are resolved)
     q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
                                       (chain_inputs "deviations" / "normalised": the chains see e^m_t
                                       minus its mean over the window / also over its std)
@@ -41,6 +42,7 @@ T; seqvae.py holds it, together with whole-clip inference (`encode_sequence`) an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -82,12 +84,15 @@ class MDVAE(SequenceVAE):
         self.norm = nn.ModuleDict({"audio": Standardize(d.feat_a), "visual": Standardize(d.feat_v)})
         self.embed = nn.ModuleDict({"audio": mlp(d.feat_a, d.proj_a), "visual": mlp(d.feat_v, d.proj_v)})
         ea, ev = mlp_out(d.feat_a, d.proj_a), mlp_out(d.feat_v, d.proj_v)
+        band = d.feat_a // d.audio_positions * d.za_band  # (channels x k positions) of the audio feature
+        self.band = mlp(band, d.proj_a) if d.za_band else None
+        eb = mlp_out(band, d.proj_a) if d.za_band else ea
 
         self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim)
         H, post, prior = d.chain_hidden, d.post_hidden, d.prior_hidden
         self.chains = nn.ModuleDict({
             "zav": Chain(d.zav_dim, ea + ev + d.w_dim, 0, H, post, prior, dynamic_prior=d.dynamic_prior),
-            "za": Chain(d.za_dim, ea + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
+            "za": Chain(d.za_dim, eb + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
             "zv": Chain(d.zv_dim, ev + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
         })
         self.decoders = nn.ModuleDict({
@@ -121,11 +126,20 @@ class MDVAE(SequenceVAE):
             raise ConfigError("the swap-consistency term needs at least 2 windows per batch")
         mixed = self.Latents(*(v.detach()[torch.randperm(B, generator=generator, device=v.device)] for v in lat))
         y = self._decode(mixed.w, {n: getattr(mixed, n) for n in self.chains})
-        e = {m: self.embed[m](y[m]) for m in self.modalities}
+        e = self._embeddings(y)
         zeros = self._noise(None, B, mixed.zav.shape[1], y[self.modalities[0]], sample=False)  # posterior means
         (w_mean, _), _, ch = self._infer(e, zeros)
         err = (w_mean - mixed.w).pow(2).sum() + sum((o.post[0] - getattr(mixed, n)).pow(2).sum() for n, o in ch.items())
         return 0.5 * err / B
+
+    def _embeddings(self, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-modality embeddings, plus with za_band the low band's ("audio_band", (B, T, E_b)): the stage-1
+        audio feature is (channels, positions) flattened channel-major, lowest frequencies first."""
+        e = super()._embeddings(y)
+        if self.band is not None:
+            ya = y["audio"].unflatten(-1, (-1, self.dims.audio_positions))  # (B, T, channels, positions)
+            e["audio_band"] = self.band(ya[..., : self.dims.za_band].flatten(-2))
+        return e
 
     def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
         """What each posterior sees besides its own state (and z^av_t for the children)."""
@@ -136,7 +150,8 @@ class MDVAE(SequenceVAE):
             ea_av, ev_av = ea * (u >= p / 2), ev * ((u < p / 2) | (u >= p))
         else:
             ea_av, ev_av = ea, ev
-        return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([ea, w], -1), "zv": torch.cat([ev, w], -1)}
+        eb = e.get("audio_band", ea)
+        return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([eb, w], -1), "zv": torch.cat([ev, w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:
         """Audio is decoded from [w, z^av, z^a], the face from [w, z^av, z^v] (the z's in `centred` minus

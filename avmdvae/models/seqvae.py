@@ -170,9 +170,14 @@ class SequenceVAE(nn.Module):
         return out
 
     def _embed(self, x: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Raw features -> (standardised y, embeddings e), per modality."""
+        """Raw features -> (standardised y per modality, embeddings e: `_embeddings(y)`)."""
         y = {m: self.norm[m](x[m]) for m in self.modalities}
-        return y, {m: self.embed[m](y[m]) for m in self.modalities}
+        return y, self._embeddings(y)
+
+    def _embeddings(self, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Standardised features -> one embedding per modality (what q(w) reads); a subclass may add views
+        that only its chains read (`contexts`)."""
+        return {m: self.embed[m](y[m]) for m in self.modalities}
 
     def _infer(
         self, e: Mapping[str, Tensor], eps: Mapping[str, Tensor]
@@ -180,7 +185,7 @@ class SequenceVAE(nn.Module):
         """Embeddings e[m] (B, T, E_m) and noise (`noise_shapes`; zeros: posterior means) -> (q(w)'s mean and
         log-variance, the w drawn (B, Dw), chain name -> ChainOutput)."""
         T = next(iter(e.values())).shape[1]
-        w_mean, w_logvar = self.q_w(torch.cat(list(e.values()), -1))
+        w_mean, w_logvar = self.q_w(torch.cat([e[m] for m in self.modalities], -1))
         w = reparameterize(w_mean, w_logvar, eps["w"])
         ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
         return (w_mean, w_logvar), w, unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
@@ -248,7 +253,7 @@ class SequenceVAE(nn.Module):
         T = self.seq_len
         hop = hop or max(1, T // 2)
         _, e = self._embed(x)
-        eav = torch.cat(list(e.values()), -1)
+        eav = torch.cat([e[m] for m in self.modalities], -1)
 
         tiles = windows(N, T)
         w_mean, w_logvar = self.q_w(torch.cat([eav[:, a:b] for a, b in tiles]))  # (len(tiles) * B, Dw)

@@ -285,7 +285,7 @@ def _set_feat(config: dict[str, Any], key: str, value: int, default: int, what: 
     given = config["model"][key]
     if given not in (value, default):
         raise ConfigError(
-            f"model.{key} = {given} but the {what} has {value}-dim features: "
+            f"model.{key} = {given} but the {what} is {value}: "
             f"remove model.{key} from the config"
         )
     config["model"][key] = value
@@ -309,11 +309,11 @@ class MDVAETask(_Stage2Task):
     def _check_dims(self) -> None:
         from avmdvae.models.config import MDVAEDims
 
-        ref = MDVAEDims()
-        _set_feat(self.config, "feat_a", self.stage1_models["audio"].feature_dim, ref.feat_a, "audio VQ-VAE")
-        _set_feat(
-            self.config, "feat_v", self.stage1_models["visual"].feature_dim, ref.feat_v, "visual VQ-VAE"
-        )
+        ref, audio, visual = MDVAEDims(), self.stage1_models["audio"], self.stage1_models["visual"]
+        _set_feat(self.config, "feat_a", audio.feature_dim, ref.feat_a, "audio VQ-VAE's feature size")
+        _set_feat(self.config, "feat_v", visual.feature_dim, ref.feat_v, "visual VQ-VAE's feature size")
+        positions, what = audio.dims.positions, "audio VQ-VAE's number of frequency positions"
+        _set_feat(self.config, "audio_positions", positions, ref.audio_positions, what)
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
@@ -337,10 +337,8 @@ class DSAETask(_Stage2Task):
         from avmdvae.models.config import DSAEDims
 
         assert self.modality is not None
-        feat = self.stage1_models[self.modality].feature_dim
-        _set_feat(
-            self.config, "feat", feat, DSAEDims.for_modality(self.modality).feat, f"{self.modality} VQ-VAE"
-        )
+        feat, ref = self.stage1_models[self.modality].feature_dim, DSAEDims.for_modality(self.modality).feat
+        _set_feat(self.config, "feat", feat, ref, f"{self.modality} VQ-VAE's feature size")
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
