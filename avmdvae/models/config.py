@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
@@ -33,6 +33,8 @@ _D = TypeVar("_D", bound="_Dims")
 
 class _Dims:
     """Mixin: dict round trip with a clear error on unknown keys or wrong types."""
+
+    may_be_zero: ClassVar[tuple[str, ...]] = ()  # integer fields for which 0 is valid (all others: > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -70,7 +72,7 @@ class _Dims:
     def validate(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if _is_int(v) and v <= 0 and f.name not in ("n_res_blocks", "za_band"):
+            if _is_int(v) and v <= 0 and f.name not in self.may_be_zero:
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be positive, got {v}")
             if isinstance(v, list) and any(x <= 0 for x in v):
                 raise ConfigError(f"{type(self).__name__}.{f.name} layer widths must be positive, got {v}")
@@ -92,6 +94,8 @@ class QuantizerDims(_Dims):
 
 class _VQVAEDims(_Dims):
     """What both stage-1 dims share: a nested `quantizer` section and the same tiny preset."""
+
+    may_be_zero: ClassVar[tuple[str, ...]] = ("n_res_blocks",)
 
     @classmethod
     def from_dict(cls: type[_V], d: dict[str, Any] | None) -> _V:
@@ -178,8 +182,10 @@ class MDVAEDims(_Dims):
     holds these defaults, models/mdvae-official.yaml the authors' released architecture.
     """
 
+    may_be_zero: ClassVar[tuple[str, ...]] = ("za_band",)
+
     feat_a: int = 512  # audio VQ-VAE feature (64 * 8)
-    audio_positions: int = 64  # frequency positions of that feature (lowest first; 8 channels each)
+    audio_positions: int = 64  # frequency positions of that feature, lowest first (feat_a / audio_positions channels)
     feat_v: int = 2048  # visual VQ-VAE feature (8 * 8 * 32)
     w_dim: int = 84
     zav_dim: int = 16
