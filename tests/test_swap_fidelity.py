@@ -17,7 +17,7 @@ from avmdvae.evaluation import estimators as E
 from avmdvae.evaluation import swap as S
 from avmdvae.face import FaceCropper
 from avmdvae.synth import ClipSpec
-from avmdvae.synth.counterfactual import counterfactual_clip
+from avmdvae.synth.counterfactual import counterfactual_audio, counterfactual_clip
 
 SEED, SIZE = 0, 96
 A, B = ClipSpec(0, "neutral", 1, 2), ClipSpec(1, "sad", 3, 2)  # different speakers and lengths
@@ -217,6 +217,47 @@ def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
     assert calls == [1, 1] and not marker.exists()
 
 
+class _Identity:
+    """A stand-in stage-1 audio VQ-VAE that passes spectra through unchanged."""
+
+    def encode_frames(self, p: np.ndarray) -> np.ndarray:
+        return np.asarray(p, np.float32)
+
+    def decode_frames(self, f: np.ndarray) -> np.ndarray:
+        return np.asarray(f, np.float32)
+
+
+def test_expected_power_averages_draws_in_db() -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(vq_audio=_Identity())
+    p = np.random.default_rng(0).uniform(1e-6, 1.0, (5, 7)).astype(np.float32)
+    np.testing.assert_allclose(S.expected_power(model, [p, p]), p, rtol=1e-4)
+    np.testing.assert_allclose(S.expected_power(model, [p, 4 * p]), 2 * p, rtol=1e-4)  # the geometric mean
+
+
+def test_averaged_target_lets_a_noise_free_swap_score_what_one_draw_denies() -> None:
+    """An ideal z(a) swap that knows the factors but not the noise (an average of 32 other draws) is scored
+    against one draw and against the average of NOISE_DRAWS: the noise caps the first, much less the second."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(vq_audio=_Identity())
+
+    def power(latents: list[str], k: int) -> np.ndarray:
+        audio = counterfactual_audio(SEED, A, B, latents, k)
+        return audio_mod.power_spectrogram(torch.from_numpy(audio)).numpy()
+
+    def avg(latents: list[str], ks: range) -> S.Media:
+        return S.Media(np.zeros((1, 1, 1, 3), np.uint8), S.expected_power(model, [power(latents, k) for k in ks]))
+
+    one = S.Media(np.zeros((1, 1, 1, 3), np.uint8), power(["za"], 0))
+    k = S.NOISE_DRAWS
+    target, ideal, r = avg(["za"], range(1, k + 1)), avg(["za"], range(k + 1, k + 33)), avg([], range(1, k + 1))
+    capped = S.pair_scores(ideal, r, one, "za")["fidelity"]["audio"]
+    fair = S.pair_scores(ideal, r, target, "za")["fidelity"]["audio"]
+    assert capped < 0.6 and fair > capped + 0.2, (capped, fair)
+
+
 def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:
     from avmdvae.evaluation.report import write_report
 
@@ -279,3 +320,7 @@ def test_swap_task_end_to_end(tmp_path) -> None:
     # when the swap changes the speaker (w, all)
     assert set(res["ceiling"]) == set(S.SWAP_LATENTS)
     assert res["ceiling"]["w"]["mean"] > 0 and res["ceiling"]["all"]["mean"] > 0
+    # the audio target averages 8 noise draws; the scores against the corpus' own draw are kept beside it
+    assert res["noise_draws"] == S.NOISE_DRAWS
+    assert set(res["one_draw"]["swap_fidelity"]) == {"w", "zav", "za", "all"}
+    assert res["one_draw"]["lsd_to_expected_db"]["mean"] > 1.0

@@ -61,6 +61,9 @@ def evaluate(
     max_test_clips: int | None = typer.Option(None, "--max-test-clips", min=1,
                                               help="At most this many test clips for resynth / denoise."),
     swap_pairs: int = typer.Option(16, "--swap-pairs", min=1, help="(A, B) pairs per swapped latent."),
+    swap_noise_draws: int = typer.Option(16, "--swap-noise-draws", min=0,
+                                         help="Noise draws averaged into the audio counterfactual of the swap "
+                                              "task (0: score against the corpus' own draw alone)."),
     gl_iters: int = typer.Option(32, "--gl-iters", min=1, help="Griffin-Lim iterations in resynth."),
     split: str | None = typer.Option(None, "--split",
                                      help="Draw every task's clips from this split (train, validation, test) or "
@@ -86,7 +89,8 @@ def evaluate(
             parse_noise(s)
     opts = EvalOptions(draws=draws, ks=_ks(ks), seed=seed, max_clips=max_clips, max_test_clips=max_test_clips,
                        gl_iters=gl_iters, split=split,
-                       noise=tuple(noise) if noise else DEFAULT_NOISE, swap_pairs=swap_pairs)
+                       noise=tuple(noise) if noise else DEFAULT_NOISE, swap_pairs=swap_pairs,
+                       swap_noise_draws=swap_noise_draws)
     t0 = time.time()
     with progress_bars(quiet) as progress:
         ev = Evaluator.load(run, corpus, {"audio": dsae_audio, "visual": dsae_visual}, opts, device, progress)

@@ -38,6 +38,7 @@ from avmdvae.evaluation import disentangle as dis
 from avmdvae.evaluation import metrics as M
 from avmdvae.evaluation import probes
 from avmdvae.evaluation.baselines import UniModel
+from avmdvae.evaluation.swap import NOISE_DRAWS
 from avmdvae.manipulation.model import AVModel, Clip
 from avmdvae.models.mdvae import Latents
 
@@ -66,6 +67,7 @@ class EvalOptions:
     gl_iters: int = GL_ITERS
     noise: tuple[str, ...] = DEFAULT_NOISE
     swap_pairs: int = 16  # (A, B) pairs per swapped latent
+    swap_noise_draws: int = NOISE_DRAWS  # noise draws averaged into the audio counterfactual (0: the corpus' own)
     frames_per_clip: int = 30  # frames sampled per clip for per-frame probes and estimators
     folds: int = probes.FOLDS
     # which clips every task draws from: None = each task's default (resynth, denoise and swap: the test

@@ -157,15 +157,10 @@ def counterfactual_timeline(tl_a: Timeline, sp_a: Speaker, tl_b: Timeline, sp_b:
     return replace(tl_a, **changes), w_sp  # type: ignore[arg-type]
 
 
-def counterfactual_clip(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: Iterable[str], size: int,
-                        length: str = "stretch", speakers: dict[int, Speaker] | None = None,
-                        sentences: dict[int, Sentence] | None = None) -> SynthClip:
-    """Render "A with the factors of `latents` from B" (see the module docstring) as a SynthClip.
-
-    The noise realisations and the background / lighting (render stream) follow w's source clip;
-    the truth's labels: speaker, emotion and intensity from w's clip, sentence from z(av)'s.
-    speakers / sentences: optional caches (index -> object) reused across calls.
-    """
+def _parts(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: Iterable[str], length: str,
+           speakers: dict[int, Speaker] | None, sentences: dict[int, Sentence] | None,
+           ) -> tuple[Timeline, Speaker, ClipSpec, frozenset[str]]:
+    """(timeline, speaker, w's source clip, latent names) of "A with the factors of `latents` from B"."""
     names = check_latents(latents)
     speakers = speakers if speakers is not None else {}
     sentences = sentences if sentences is not None else {}
@@ -186,7 +181,19 @@ def counterfactual_clip(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: 
         tl, sp = counterfactual_timeline(tl_a, spk(spec_a.speaker), tl_b, spk(spec_b.speaker), names, length)
     else:
         tl, sp = tl_a, spk(spec_a.speaker)
-    w_spec = spec_b if "w" in names else spec_a
+    return tl, sp, (spec_b if "w" in names else spec_a), names
+
+
+def counterfactual_clip(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: Iterable[str], size: int,
+                        length: str = "stretch", speakers: dict[int, Speaker] | None = None,
+                        sentences: dict[int, Sentence] | None = None) -> SynthClip:
+    """Render "A with the factors of `latents` from B" (see the module docstring) as a SynthClip.
+
+    The noise realisations and the background / lighting (render stream) follow w's source clip;
+    the truth's labels: speaker, emotion and intensity from w's clip, sentence from z(av)'s.
+    speakers / sentences: optional caches (index -> object) reused across calls.
+    """
+    tl, sp, w_spec, names = _parts(seed, spec_a, spec_b, latents, length, speakers, sentences)
     audio = synthesize(tl, sp, w_spec.rng(seed, STREAM_SPEECH))
     frames = render_clip(sp, tl, size, w_spec.rng(seed, STREAM_RENDER))
     label = ClipSpec(w_spec.speaker, w_spec.emotion, w_spec.level,
@@ -194,5 +201,16 @@ def counterfactual_clip(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: 
     return SynthClip(label, frames, audio, truth_arrays(label, sp, tl, audio), tl)
 
 
-__all__ = ["AFFECTS", "LATENTS", "LENGTH_MODES", "affected_modalities", "check_latents", "counterfactual_clip",
-           "counterfactual_timeline", "fit_control", "fit_frames", "frame_positions"]
+def counterfactual_audio(seed: int, spec_a: ClipSpec, spec_b: ClipSpec, latents: Iterable[str], draw: int,
+                         length: str = "stretch", speakers: dict[int, Speaker] | None = None,
+                         sentences: dict[int, Sentence] | None = None) -> np.ndarray:
+    """The counterfactual's waveform (S,) with the noise realisation `draw`: draw 0 is
+    `counterfactual_clip`'s; draw k > 0 the same factors with other aspiration, frication and floor noise.
+    Nothing in a clip's factors fixes its noise realisation, so what a model can be asked to produce is
+    the counterfactual's spectrum averaged over draws (`avmdvae.evaluation.swap`)."""
+    tl, sp, w_spec, _ = _parts(seed, spec_a, spec_b, latents, length, speakers, sentences)
+    return synthesize(tl, sp, w_spec.rng(seed, STREAM_SPEECH, draw))
+
+
+__all__ = ["AFFECTS", "LATENTS", "LENGTH_MODES", "affected_modalities", "check_latents", "counterfactual_audio",
+           "counterfactual_clip", "counterfactual_timeline", "fit_control", "fit_frames", "frame_positions"]

@@ -276,9 +276,11 @@ class ClipSpec:
         s = INTENSITY_SCALE[self.level]
         return a * s, v * s
 
-    def rng(self, seed: int, stream: int) -> np.random.Generator:
-        """Independent streams per clip: STREAM_TIMELINE, STREAM_SPEECH, STREAM_RENDER."""
-        return rng_for(seed, _TAG_CLIP, self.speaker, self.emotion_index, self.level, self.sentence, stream)
+    def rng(self, seed: int, stream: int, draw: int = 0) -> np.random.Generator:
+        """Independent streams per clip: STREAM_TIMELINE, STREAM_SPEECH, STREAM_RENDER. draw k > 0: another
+        independent realisation of that stream (the corpus uses draw 0)."""
+        ids = (self.speaker, self.emotion_index, self.level, self.sentence, stream) + ((draw,) if draw else ())
+        return rng_for(seed, _TAG_CLIP, *ids)
 
 
 @dataclass
