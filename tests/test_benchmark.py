@@ -138,6 +138,8 @@ def test_the_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
     assert test_psnr is not None and 5 < test_psnr < 60
     rep = json.loads((out / "report-new-speakers" / "report.json").read_text())
     assert rep["emotion"]["speakers"] == 3  # every new speaker, not only a test split
+    assert rep["resynth"]["split"] == "all"  # and the report says which clips it resynthesised
+    assert json.loads((out / "report-test" / "report.json").read_text())["resynth"]["split"] == "test"
     steps.clear()
     bm.run_benchmark(out, "tiny", workers=1, device="cpu", step=steps.append, train_progress=False)
     assert sum("already trained" in s for s in steps) == len(bm.RUNS)

@@ -41,6 +41,7 @@ def test_demo_small_writes_every_promised_file(tmp_path) -> None:
     # swap fidelity against the counterfactual, for every latent (the demo clips are unseen speakers)
     fid = report["swap_fidelity"]
     assert set(fid) == {"w", "zav", "za", "zv", "all"} and all(-1 <= v["mean"] <= 1 for v in fid.values())
+    assert report["swap"]["noise_draws"] == 4 and "one_draw" in report["swap"]  # the demo's quicker average
     readme = (out / "README.md").read_text()
     assert "swap-w.mp4" in readme and "Swap score" in readme and "Swap fidelity" in readme
 

@@ -347,7 +347,7 @@ def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
               "swap_scores.png", "denoise_audio.png", "denoise_visual.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rs = rep["resynth"]
-    assert rs["clips"] == 2 and rs["reference_audio"] == ["source media"]
+    assert rs["clips"] == 2 and rs["reference_audio"] == ["source media"] and rs["split"] == "test"
     assert set(rs["systems"]) == {"spectrogram (no model)", "VQ-VAE", "VQ-MDVAE", "VQ-DSAE-audio",
                                   "VQ-DSAE-visual"}
     assert 0 < rs["systems"]["VQ-MDVAE"]["ssim"]["mean"] <= 1

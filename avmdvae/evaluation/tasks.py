@@ -248,8 +248,8 @@ class Evaluator:
                     add(uni.name, M.face_metrics(clip.faces, out))
             self.progress("resynth", i + 1, len(clips))
         systems = {s: {k: M.stats(v) for k, v in d.items()} for s, d in per.items()}
-        return {"clips": len(clips), "split": "test", "reference_audio": sorted(how), "systems": systems,
-                "gl_iters": self.opt.gl_iters}
+        return {"clips": len(clips), "split": self.opt.split or "test", "reference_audio": sorted(how),
+                "systems": systems, "gl_iters": self.opt.gl_iters}
 
     # ------------------------------------------------------------------------------------ emotion
     def _representations(self, codes: list[ClipCode]) -> dict[str, np.ndarray]:
@@ -565,7 +565,7 @@ class Evaluator:
             conditions.append({"noise": str(spec), "modality": spec.modality, "kind": spec.kind,
                                "level": spec.value,
                                "systems": {s: {k: M.stats(v) for k, v in d.items()} for s, d in per.items()}})
-        return {"clips": len(clips), "split": "test", "reference_audio": sorted(how),
+        return {"clips": len(clips), "split": self.opt.split or "test", "reference_audio": sorted(how),
                 "conditions": conditions,
                 "audio_output": "decoded power spectrogram with the noisy input's phase"}
 
