@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from avmdvae import benchmark as bm
@@ -211,3 +212,23 @@ def test_the_gpu_visit_packs_runs_that_the_benchmark_keeps(tmp_path):
     steps: list[str] = []
     bm.train_recipe(tmp_path / "no-corpus-needed", runs, bm.PROFILES["tiny"], "cpu", steps.append, False)
     assert sum("already trained" in s for s in steps) == len(bm.RUNS)
+
+
+# ------------------------------------------------------------------ bench/noise_floor.py (the audio target's noise)
+def test_the_noise_floor_averages_draws_closer_to_the_ideal_than_one_draw(monkeypatch):
+    from types import SimpleNamespace
+
+    from avmdvae.synth import ClipSpec
+
+    spec = importlib.util.spec_from_file_location("noise_floor", REPO / "bench" / "noise_floor.py")
+    nf = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "noise_floor", nf)  # its dataclass looks its module up there
+    spec.loader.exec_module(nf)
+    identity = SimpleNamespace(encode_frames=lambda p: np.asarray(p, np.float32),
+                               decode_frames=lambda f: np.asarray(f, np.float32))
+    floors = nf.pair_floor(SimpleNamespace(vq_audio=identity), 0, ClipSpec(0, "neutral", 1, 2),
+                           ClipSpec(1, "sad", 3, 2), 60, 30.0, draws=2, oracle=4)
+    assert set(floors) == set(nf.AUDIO_LATENTS)
+    for latent, f in floors.items():
+        assert 0 < f.avg_db < f.one_db, latent  # averaging draws removes noise the factors do not fix
+        assert -1 <= f.fidelity_one <= 1 and -1 <= f.fidelity_avg <= 1, latent
