@@ -10,8 +10,9 @@ w, zav, za, zv, all:
         a stage-2 model can do. For audio, c is stage 1's dB spectrum averaged over NOISE_DRAWS other
         noise realisations of the counterfactual (`synth.counterfactual.counterfactual_audio`): nothing
         in the factors fixes the aspiration, frication and floor noise, whose periodogram differs by
-        about 7.4 dB LSD between two draws (3.7 dB after stage 1), so one draw as the target would
-        cap an ideal audio swap's fidelity at 0.40 (z(a)) to 0.68 (z(av)) (docs/results.md, twelfth round)
+        about 7.4 dB LSD between two draws (one draw lies 3.4 dB from the noise-free spectrum after the
+        shipped stage 1), so one draw as the target would cap an ideal audio swap's fidelity at 0.45
+        (z(a)) to 0.70 (z(av)) (bench/noise_floor.py; docs/results.md, twelfth round)
 
     fidelity = clip(1 - d(o, c) / d(r, c), -1, 1)        per modality the swap changes by design
 
@@ -50,7 +51,7 @@ MODALITIES = ("audio", "visual")
 SCORE_MIN, SCORE_MAX = -1.0, 1.0
 SYNTH_MANIFEST = "synth.json"
 # Noise draws averaged into the audio counterfactual. The average keeps 1/K of one draw's noise variance: one
-# draw lies about 3.7 dB LSD from the noise-free spectrum after stage 1, the average of 16 about 3.7 / 4 = 0.9 dB.
+# draw lies about 3.4 dB LSD from the noise-free spectrum after stage 1, the average of 16 about 3.4 / 4 = 0.85 dB.
 NOISE_DRAWS = 16
 
 
