@@ -11,7 +11,7 @@ w, zav, za, zv, all:
         noise realisations of the counterfactual (`synth.counterfactual.counterfactual_audio`): nothing
         in the factors fixes the aspiration, frication and floor noise, whose periodogram differs by
         about 7.4 dB LSD between two draws (one draw lies 3.4 dB from the noise-free spectrum after the
-        shipped stage 1), so one draw as the target would cap an ideal audio swap's fidelity at 0.45
+        shipped stage 1), so one draw as the target would cap an ideal audio swap's fidelity at 0.44
         (z(a)) to 0.70 (z(av)) (bench/noise_floor.py; docs/results.md, twelfth round)
 
     fidelity = clip(1 - d(o, c) / d(r, c), -1, 1)        per modality the swap changes by design
