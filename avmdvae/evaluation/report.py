@@ -272,7 +272,8 @@ def _plot_fidelity(s: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(len(latents)), latents)
     ax.set_ylim(-1.2, 1.1)
     ax.set_ylabel("fidelity (1 = counterfactual, 0 = no-op)")
-    ax.set_title(f"swap fidelity against the generator's counterfactual ({s.get('pairs', '?')} pairs)")
+    draws = f"; audio: mean of {s['noise_draws']} noise draws" if s.get("noise_draws") else ""
+    ax.set_title(f"swap fidelity against the generator's counterfactual ({s.get('pairs', '?')} pairs{draws})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
