@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from avmdvae import audio as audio_mod
 from avmdvae.evaluation import swap as S
 from avmdvae.synth.factors import ClipSpec
 
@@ -37,33 +36,20 @@ class Floor:
     fidelity_avg: float  # ... against the averaged target
 
 
-def stage1_draws(model: Any, seed: int, a: ClipSpec, b: ClipSpec, latents: list[str], draws: range,
-                 n_frames: int, fps: float, cache: dict[str, dict[int, Any]]) -> list[np.ndarray]:
-    """Power spectrograms (n_frames, F) of the counterfactual's noise draws, through stage 1."""
-    from avmdvae.synth.counterfactual import counterfactual_audio
-
-    vq = model.vq_audio
-    out = []
-    for k in draws:
-        wave = counterfactual_audio(seed, a, b, latents, k, speakers=cache["speakers"], sentences=cache["sentences"])
-        power = audio_mod.power_spectrogram(torch.from_numpy(np.asarray(wave, np.float32)), fps=fps,
-                                            n_frames=n_frames).numpy()
-        out.append(vq.decode_frames(vq.encode_frames(power)))
-    return out
-
-
 def pair_floor(model: Any, seed: int, a: ClipSpec, b: ClipSpec, n_frames: int, fps: float, draws: int,
                oracle: int) -> dict[str, Floor]:
     """Floor per latent of AUDIO_LATENTS for one pair (A, B)."""
-    cache: dict[str, dict[int, Any]] = {"speakers": {}, "sentences": {}}
+    speakers: dict[int, Any] = {}
+    sentences: dict[int, Any] = {}
+
+    def power(latents: list[str], draws_: range) -> np.ndarray:
+        return S.counterfactual_power(model, seed, a, b, latents, draws_, n_frames, fps, speakers, sentences)
+
     ideal = range(draws + 1, draws + oracle + 1)
-    r = S.expected_power(model, stage1_draws(model, seed, a, b, [], ideal, n_frames, fps, cache))
+    r = power([], ideal)
     out = {}
     for latent in AUDIO_LATENTS:
-        one = stage1_draws(model, seed, a, b, [latent], range(1), n_frames, fps, cache)[0]
-        avg = S.expected_power(model, stage1_draws(model, seed, a, b, [latent], range(1, draws + 1), n_frames,
-                                                   fps, cache))
-        o = S.expected_power(model, stage1_draws(model, seed, a, b, [latent], ideal, n_frames, fps, cache))
+        one, avg, o = power([latent], range(1)), power([latent], range(1, draws + 1)), power([latent], ideal)
         d = S.audio_distance
         out[latent] = Floor(d(one, o), d(avg, o), S.fidelity(d(o, one), d(r, one)), S.fidelity(d(o, avg), d(r, avg)))
     return out

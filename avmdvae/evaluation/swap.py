@@ -33,7 +33,7 @@ held-out R^2 >= 0.8 (accuracy >= 0.9 for labels). Their quality on the counterfa
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,20 @@ def expected_power(model: Any, powers: Sequence[np.ndarray]) -> np.ndarray:
     return (10.0 ** (np.mean(db, 0) / 10.0) - M.LSD_EPS).clip(0).astype(np.float32)
 
 
+def counterfactual_power(model: Any, seed: int, spec_a: Any, spec_b: Any, latents: Sequence[str],
+                         draws: Iterable[int], n_frames: int, fps: float, speakers: dict[int, Any] | None = None,
+                         sentences: dict[int, Any] | None = None) -> np.ndarray:
+    """The counterfactual's power spectrogram (n_frames, F) for the given noise `draws`
+    (`synth.counterfactual.counterfactual_audio`), through stage 1 and averaged in dB (`expected_power`)."""
+    from avmdvae import audio as audio_mod
+    from avmdvae.synth.counterfactual import counterfactual_audio
+
+    powers = [audio_mod.power_spectrogram(torch.from_numpy(np.asarray(counterfactual_audio(
+                  seed, spec_a, spec_b, latents, k, speakers=speakers, sentences=sentences), np.float32)),
+                  fps=fps, n_frames=n_frames).numpy() for k in draws]
+    return expected_power(model, powers)
+
+
 # ------------------------------------------------------------------------------------ factor transfer
 def transfers(estimate: Mapping[str, Any], truth_a: Mapping[str, np.ndarray], truth_b: Mapping[str, np.ndarray],
               n_a: int, n_b: int) -> dict[str, float]:
@@ -266,10 +280,9 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
     estimators: "auto" (load or fit the cached media estimators), a FactorEstimators, or None (skip
     the factor-transfer part). Raises ConfigError when the corpus has no synthetic source.
     """
-    from avmdvae import audio as audio_mod
     from avmdvae.manipulation.swap import combine
     from avmdvae.preprocess import make_cropper
-    from avmdvae.synth.counterfactual import LATENTS, counterfactual_audio, counterfactual_clip
+    from avmdvae.synth.counterfactual import LATENTS, counterfactual_clip
 
     model, corpus, opt = ev.model, ev.corpus, ev.opt
     progress: Progress = getattr(ev, "progress", no_progress)
@@ -362,11 +375,9 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
             if est is not None:
                 seen.append(MediaClip(c.faces, c.power, cf.truth))
             if draws > 0 and "audio" in affected(latent):
-                powers = [audio_mod.power_spectrogram(torch.from_numpy(np.asarray(counterfactual_audio(
-                              seed, specs[i], specs[j], [latent], k, speakers=spk_cache, sentences=sen_cache),
-                              np.float32)), fps=fps, n_frames=len(c_media.faces)).numpy()
-                          for k in range(1, draws + 1)]
-                c = Media(c_one.faces, expected_power(model, powers))
+                c = Media(c_one.faces, counterfactual_power(model, seed, specs[i], specs[j], [latent],
+                                                            range(1, draws + 1), len(c_media.faces), fps,
+                                                            spk_cache, sen_cache))
                 draw_lsd.append(audio_distance(c_one.power, c.power))
             # the model's own resynthesis of the counterfactual: what a swap can score at best with
             # this model's reconstruction error (a perfect swap decodes no better than this)
@@ -497,5 +508,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 __all__ = ["MODALITIES", "Media", "NOISE_DRAWS", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec",
-           "decompose", "distance", "expected_power", "face_distance", "fidelity", "markdown", "pair_scores",
-           "pick_pairs", "run", "stage1", "summarise", "synth_source", "transfer_summary", "transfers"]
+           "counterfactual_power", "decompose", "distance", "expected_power", "face_distance", "fidelity",
+           "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise", "synth_source",
+           "transfer_summary", "transfers"]
