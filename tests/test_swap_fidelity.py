@@ -109,6 +109,35 @@ def test_markdown_section(media) -> None:
     assert "| zv | visual | 0.000 | 0.000 |" in md  # a no-op: no progress, nothing else changed
 
 
+def _latents(n: int, seed: int):
+    from avmdvae.models.mdvae import Latents
+
+    g = torch.Generator().manual_seed(seed)
+    return Latents(torch.randn(1, 6, generator=g), *(torch.randn(1, n, d, generator=g) for d in (4, 3, 2)))
+
+
+def test_code_shift_finds_the_latent_the_counterfactual_moved() -> None:
+    from avmdvae.manipulation.swap import combine
+
+    la, lb = _latents(20, 0), _latents(27, 1)  # B longer: its code is fitted to A's length
+    ideal = S.code_shift(la, lb, combine(la, lb, ["zv"]))
+    assert ideal["zv"]["moved"] == pytest.approx(1.0) and ideal["zv"]["resid"] == pytest.approx(0.0, abs=1e-12)
+    for x in ("w", "zav", "za"):
+        assert ideal[x]["moved"] == pytest.approx(0.0, abs=1e-12) and ideal[x]["resid"] == pytest.approx(0.0, abs=1e-12)
+    # c's code half way to B's in w, and off the line in zav
+    off = la._replace(w=(la.w + lb.w) / 2, zav=la.zav + torch.randn(1, 20, 4))
+    sh = S.code_shift(la, lb, off)
+    assert sh["w"]["moved"] == pytest.approx(0.5) and sh["zav"]["resid"] > 0.1
+    # a level change is invisible to a latent the decoders read centred
+    level = la._replace(za=la.za + 3.0)
+    assert S.code_shift(la, lb, level)["za"]["moved"] != pytest.approx(0.0)
+    assert S.code_shift(la, lb, level, centred=("za",))["za"]["moved"] == pytest.approx(0.0, abs=1e-6)
+    s = S.summarise_code({"zv": [sh, ideal, sh]})  # medians over pairs
+    assert s["zv"]["w"]["moved"] == pytest.approx(0.5) and s["zv"]["zv"]["moved"] == pytest.approx(0.0, abs=1e-12)
+    md = S.markdown({"pairs": 3, "swap_fidelity": {}, "code_shift": s})
+    assert "| zv | 0.500 / 0.000 |" in md and "c's code" in md
+
+
 def test_clip_spec_from_truth_and_synth_source(tmp_path) -> None:
     truth = {"speaker": np.array("W002"), "emotion": np.array("sad"), "intensity": np.array(3),
              "sentence": np.array(2)}
@@ -324,3 +353,11 @@ def test_swap_task_end_to_end(tmp_path) -> None:
     assert res["noise_draws"] == S.NOISE_DRAWS
     assert set(res["one_draw"]["swap_fidelity"]) == {"w", "zav", "za", "all"}
     assert res["one_draw"]["lsd_to_expected_db"]["mean"] > 1.0
+    # where the counterfactual's change lands in the code: copying all of B moves w's code toward B's
+    assert set(res["code_shift"]) == set(S.SWAP_LATENTS) and set(res["code_shift"]["zv"]) == {"w", "zav", "za", "zv"}
+    assert res["code_shift"]["all"]["w"]["moved"] > 0.5
+    assert set(res["hybrid"]) == {"a_with_c", "c_with_b"} and set(res["hybrid"]["a_with_c"]) == {"w", "zav", "za", "zv"}
+    for latent, v in res["hybrid"]["a_with_c"].items():
+        for m in S.affected(latent):
+            assert -1.0 <= v[m] <= 1.0, (latent, m)
+    assert "c with B's L" in S.markdown(res)

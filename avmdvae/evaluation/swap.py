@@ -23,6 +23,12 @@ not change (visual for za, audio for zv) has no fidelity (its counterfactual is 
 report gives leakage = d(o, r) / d(o_all, r), how far the output moved relative to the model's own
 full swap (0 = untouched, 1 = as far as copying all of B).
 
+Where a swap fails, the task also says in which part of the code: the model encodes c, and `code_shift`
+gives, per latent, how far c's code moved from A's toward B's (1 for the swapped latent and 0 for the
+others in a factorised model); `hybrid` scores two mixtures, A's code with the swapped latent taken from
+c's ("a_with_c": the swap with the code the factor has in A's context) and c's code with B's latent in
+its place ("c_with_b").
+
 With the factor estimators of `avmdvae.evaluation.estimators` (trained on fresh generated clips,
 never on the model), the task also runs the factor-transfer swap test of
 `avmdvae.evaluation.disentangle` on o and, as its ceiling, on c, using only the estimators whose
@@ -41,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avmdvae.constants import Progress, no_progress
+from avmdvae.constants import MDVAE_LATENTS, Progress, no_progress
 from avmdvae.errors import ConfigError
 from avmdvae.evaluation import disentangle as dis
 from avmdvae.evaluation import metrics as M
@@ -120,6 +126,47 @@ def affected(latent: str) -> tuple[str, ...]:
     from avmdvae.synth.counterfactual import affected_modalities
 
     return affected_modalities([latent])
+
+
+# ------------------------------------------------------------------------------ the counterfactual's code
+def code_shift(a: Any, b: Any, c: Any, centred: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+    """Where a counterfactual's change lands in the model's code. a, b, c: Latents (batch 1; posterior
+    means) of A, B and the counterfactual c. Per latent X, with B's code fitted to A's length as a swap
+    fits it (`manipulation.swap.combine`) and the latents in `centred` minus their mean over the frames
+    (as the decoders read them): v = X_b - X_a, u = X_c - X_a,
+        moved = <u, v> / |v|^2   the share of the way from A's code to B's that c's code went
+        resid = |u - moved v|^2 / |v|^2   how far c's code lies off that line, in units of |v|^2.
+    A factorised model moves the swapped latent all the way (1, 0) and leaves the others (0, 0). nan where
+    A's and B's codes coincide."""
+    from avmdvae.manipulation.swap import combine
+
+    n = a.zav.shape[1]
+    c = combine(a, c, MDVAE_LATENTS) if c.zav.shape[1] != n else c  # c's dynamics fitted to A's length
+    keep = set(centred)
+    out: dict[str, dict[str, float]] = {}
+    for x in MDVAE_LATENTS:
+        vecs = []
+        for lat in (a, combine(a, b, [x]), c):
+            t = getattr(lat, x)[0].double()
+            vecs.append((t - t.mean(0, keepdim=True) if x in keep else t).flatten())
+        v, u = vecs[1] - vecs[0], vecs[2] - vecs[0]
+        vv = float(v @ v)
+        if vv <= 1e-12:
+            out[x] = {"moved": float("nan"), "resid": float("nan")}
+            continue
+        moved = float(u @ v) / vv
+        out[x] = {"moved": moved, "resid": float(((u - moved * v) ** 2).sum()) / vv}
+    return out
+
+
+def summarise_code(rows: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]) -> dict[str, Any]:
+    """swapped latent -> list of `code_shift` dicts -> {latent: {X: {"moved", "resid"}}}, medians over pairs
+    (ratios: one pair whose A and B codes nearly coincide would dominate a mean)."""
+    out: dict[str, Any] = {}
+    for latent, per in rows.items():
+        out[latent] = {x: {k: M.stats(r[x][k] for r in per)["median"] for k in ("moved", "resid")}
+                       for x in (per[0] if per else {})}
+    return out
 
 
 def pair_scores(o: Media, r: Media, c: Media, latent: str, o_all: Media | None = None) -> dict[str, Any]:
@@ -343,6 +390,10 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
     one_draw_ceiling: dict[str, list[dict[str, Any]]] = {k: [] for k in SWAP_LATENTS}
     trials: dict[str, dict[str, list[dict[str, float]]]] = {"model": {k: [] for k in SWAP_LATENTS},
                                                             "counterfactual": {k: [] for k in SWAP_LATENTS}}
+    shifts: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in SWAP_LATENTS}
+    hybrid: dict[str, dict[str, list[dict[str, Any]]]] = {k: {x: [] for x in MDVAE_LATENTS}
+                                                          for k in ("a_with_c", "c_with_b")}
+    centred = getattr(getattr(model, "mdvae", None), "centred", ())  # what the decoders read centred
     regen: dict[str, list[float]] = {"face_mse": [], "lsd_db": []}
     draw_lsd: list[float] = []  # LSD of one draw's stage-1 spectrum against the average of the others
     seen: list[Any] = []  # counterfactuals through stage 1, with their truth: estimator quality there
@@ -381,12 +432,20 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
                 draw_lsd.append(audio_distance(c_one.power, c.power))
             # the model's own resynthesis of the counterfactual: what a swap can score at best with
             # this model's reconstruction error (a perfect swap decodes no better than this)
-            dec_c = model.decode(model.encode(model.clip_from_arrays(c_media.faces, c_media.power)))
+            lc = model.encode(model.clip_from_arrays(c_media.faces, c_media.power))
+            dec_c = model.decode(lc)
             best = Media(dec_c.faces, dec_c.power)
             n = min(len(c.faces), len(r.faces), len(outs[latent].faces), len(best.faces))
             per_pair[latent].append(pair_scores(outs[latent].head(n), r.head(n), c.head(n), latent,
                                                 outs["all"].head(n)))
             ceiling[latent].append(pair_scores(best.head(n), r.head(n), c.head(n), latent))
+            shifts[latent].append(code_shift(la, lb, lc, centred))
+            if latent != "all":  # the swapped latent's code or the others': which one the swap misses
+                for kind, lat in (("a_with_c", combine(la, lc, [latent])), ("c_with_b", combine(lc, lb, [latent]))):
+                    d = model.decode(lat)
+                    hm = Media(d.faces, d.power)
+                    k = min(n, len(hm.faces))
+                    hybrid[kind][latent].append(pair_scores(hm.head(k), r.head(k), c.head(k), latent))
             if c is not c_one:
                 one_draw[latent].append(pair_scores(outs[latent].head(n), r.head(n), c_one.head(n), latent))
                 one_draw_ceiling[latent].append(pair_scores(best.head(n), r.head(n), c_one.head(n), latent))
@@ -403,6 +462,8 @@ def run(ev: Any, estimators: Any = "auto", n_train: int | None = None, n_test: i
                            **summarise(per_pair),
                            "ceiling": (top := summarise(ceiling))["swap_fidelity"],
                            "ceiling_decomposition": top["decomposition"],
+                           "code_shift": summarise_code(shifts),
+                           "hybrid": {k: summarise(v)["swap_fidelity"] for k, v in hybrid.items()},
                            "regeneration": {k: M.stats(v) for k, v in regen.items()}}
     if draws > 0:  # the same scores against the corpus' own noise draw alone (the target before 2026-12-06)
         kept = {k: v for k, v in one_draw.items() if v}
@@ -474,6 +535,30 @@ def markdown(s: Mapping[str, Any]) -> str:
                    "it the swap made (0 = no-op, 1 = all) and *off* what it changed besides, in units of that "
                    "change (face pixels; dB of power). For faces fidelity = 1 − (1 − along)² − off.\n")
         out.append(_table(["swapped", "modality", "along", "off", "ceiling along", "ceiling off"], rows))
+    code = s.get("code_shift", {})
+    if code:
+        xs = list(MDVAE_LATENTS)
+        rows = [[latent] + [f"{f(v.get(x, {}).get('moved'))} / {f(v.get(x, {}).get('resid'))}" for x in xs]
+                for latent, v in code.items()]
+        out.append("Where the counterfactual's change lands in the model's code: the model encodes c, and per "
+                   "latent *moved* is the share of the way from A's code to B's that c's code went, *resid* how "
+                   "far off that line it lies (medians over pairs; z's as the decoders read them). A factorised "
+                   "model has 1 / 0 for the swapped latent and 0 / 0 elsewhere.\n")
+        out.append(_table(["swapped (c)"] + [f"{x}: moved / resid" for x in xs], rows))
+    hy = s.get("hybrid", {})
+    if hy.get("a_with_c"):
+        rows = []
+        for latent, v in hy["a_with_c"].items():
+            for m in affected(latent):
+                rows.append([latent, m, f(s["swap_fidelity"].get(latent, {}).get(m)), f(v.get(m)),
+                             f(hy.get("c_with_b", {}).get(latent, {}).get(m)),
+                             f(s.get("ceiling", {}).get(latent, {}).get(m))])
+        out.append("Which code the swap misses: *A with c's L* decodes A's code with the swapped latent taken from "
+                   "c's code (the code the factor has in A's context), *c with B's L* decodes c's code with B's "
+                   "latent in its place. Near the ceiling in the first and near the swap in the second: the swap "
+                   "fails because B's code for the factor is not c's (the code depends on its context); the other "
+                   "way round: the factor's change also lives in the other latents.\n")
+        out.append(_table(["swapped", "modality", "swap", "A with c's L", "c with B's L", "ceiling"], rows))
     rg = s.get("regeneration", {})
     if rg:
         out.append(f"Regenerated A vs the corpus' A (codec and front end): face MSE "
@@ -508,6 +593,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 __all__ = ["MODALITIES", "Media", "NOISE_DRAWS", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec",
-           "counterfactual_power", "decompose", "distance", "expected_power", "face_distance", "fidelity",
-           "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise", "synth_source",
+           "code_shift", "counterfactual_power", "decompose", "distance", "expected_power", "face_distance", "fidelity",
+           "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise", "summarise_code", "synth_source",
            "transfer_summary", "transfers"]
