@@ -301,6 +301,22 @@ def test_report_writes_swap_fidelity_keys(media, tmp_path) -> None:
     assert "swap_fidelity.png" in rep["plots"] and (tmp_path / "swap_fidelity.png").stat().st_size > 1000
     assert rep["swap"]["decomposition"]["zv"]["visual"] == {"along": 1.0, "off": 0.0}
     assert "swap_decomposition.png" in rep["plots"] and (tmp_path / "swap_decomposition.png").stat().st_size > 1000
+    assert "swap_code_shift.png" not in rep["plots"]  # no code shift in these results
+
+
+def test_report_plots_the_code_shift(tmp_path) -> None:
+    from avmdvae.evaluation.report import write_report
+    from avmdvae.manipulation.swap import combine
+
+    la, lb = _latents(20, 0), _latents(24, 1)
+    code = S.summarise_code({x: [S.code_shift(la, lb, combine(la, lb, [x]))] for x in ("w", "zav", "za", "zv")})
+    write_report(tmp_path, {"swap": {"pairs": 1, "swap_fidelity": {}, "code_shift": code}})
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["swap"]["code_shift"]["za"]["za"]["moved"] == pytest.approx(1.0)
+    assert rep["swap"]["code_shift"]["za"]["zv"]["moved"] == pytest.approx(0.0, abs=1e-9)
+    assert "swap_code_shift.png" in rep["plots"] and (tmp_path / "swap_code_shift.png").stat().st_size > 1000
+    md = (tmp_path / "report.md").read_text()
+    assert "| za | 0.000 / 0.000 | 0.000 / 0.000 | 1.000 / 0.000 | 0.000 / 0.000 |" in md
 
 
 # ------------------------------------------------------------------------------------------ the task

@@ -6,8 +6,9 @@
 "disentangle", "denoise", "swap", "skipped"; any task may be absent; "swap" also writes its means
 as the top-level "swap_fidelity"). NaN / inf become null in the JSON.
 Plots: emotion_learning_curve.png, factor_matrix.png, swap_scores.png, swap_fidelity.png,
-denoise_<modality>.png, resynth.png. The files are written all or none (avmdvae.outputs): a failure
-while writing any of them leaves no partial report, and an earlier report in the folder stays as it was.
+swap_decomposition.png, swap_code_shift.png, denoise_<modality>.png, resynth.png. The files are written
+all or none (avmdvae.outputs): a failure while writing any of them leaves no partial report, and an
+earlier report in the folder stays as it was.
 """
 
 from __future__ import annotations
@@ -313,6 +314,32 @@ def _plot_decomposition(s: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_code_shift(s: dict[str, Any], path: Path) -> Path:
+    """`swap.code_shift` as a matrix: rows the counterfactual (A with B's L), columns the latents of its code,
+    colour *moved* (the share of the way from A's code to B's), text moved / resid; a factorised model shows
+    the identity (framed)."""
+    plt = _plt()
+    code = s["code_shift"]
+    rows = list(code)
+    cols = list(next(iter(code.values())))
+    moved = np.array([[code[r][x].get("moved") if code[r][x].get("moved") is not None else np.nan for x in cols]
+                      for r in rows], np.float64)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.2, 0.6 * len(rows) + 1.6))
+    im = ax.imshow(moved, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(cols)), [f"{x}'s code" for x in cols])
+    ax.set_yticks(range(len(rows)), [f"c = A with B's {r}" for r in rows])
+    for i, r in enumerate(rows):
+        for j, x in enumerate(cols):
+            if np.isfinite(moved[i, j]):
+                ax.text(j, i, f"{moved[i, j]:.2f} / {_f(code[r][x].get('resid'), 2)}", ha="center", va="center",
+                        color="w" if moved[i, j] < 0.6 else "k", fontsize=7)
+            if r == x or r == "all":
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.2))
+    fig.colorbar(im, ax=ax, label="moved: share of the way from A's code to B's")
+    ax.set_title("where the counterfactual's change lands in the code (moved / resid; red: by design)", fontsize=9)
+    return _save(fig, path)
+
+
 DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
                    "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"))}
 
@@ -410,6 +437,8 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:
             plot(_plot_fidelity, res["swap"], "swap_fidelity.png")
             if res["swap"].get("decomposition"):
                 plot(_plot_decomposition, res["swap"], "swap_decomposition.png")
+            if res["swap"].get("code_shift"):
+                plot(_plot_code_shift, res["swap"], "swap_code_shift.png")
             res["swap_fidelity"] = res["swap"]["swap_fidelity"]  # swap_fidelity.<latent>.<audio|visual|mean>
         if plots:
             md.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
