@@ -319,9 +319,11 @@ def _plot_code_shift(s: dict[str, Any], path: Path) -> Path:
     colour *moved* (the share of the way from A's code to B's), text moved / resid; a factorised model shows
     the identity (framed)."""
     plt = _plt()
+    from avmdvae.constants import MDVAE_LATENTS
+
     code = s["code_shift"]
-    rows = list(code)
-    cols = list(next(iter(code.values())))
+    rows = [k for k in (*MDVAE_LATENTS, "all") if k in code]  # report.json sorts its keys
+    cols = [x for x in MDVAE_LATENTS if any(x in v for v in code.values())] or list(next(iter(code.values())))
     moved = np.array([[code[r][x].get("moved") if code[r][x].get("moved") is not None else np.nan for x in cols]
                       for r in rows], np.float64)
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.2, 0.6 * len(rows) + 1.6))

@@ -538,8 +538,8 @@ def markdown(s: Mapping[str, Any]) -> str:
     code = s.get("code_shift", {})
     if code:
         xs = list(MDVAE_LATENTS)
-        rows = [[latent] + [f"{f(v.get(x, {}).get('moved'))} / {f(v.get(x, {}).get('resid'))}" for x in xs]
-                for latent, v in code.items()]
+        rows = [[latent] + [f"{f(code[latent].get(x, {}).get('moved'))} / {f(code[latent].get(x, {}).get('resid'))}"
+                            for x in xs] for latent in (*xs, "all") if latent in code]
         out.append("Where the counterfactual's change lands in the model's code: the model encodes c, and per "
                    "latent *moved* is the share of the way from A's code to B's that c's code went, *resid* how "
                    "far off that line it lies (medians over pairs; z's as the decoders read them). A factorised "
@@ -548,7 +548,8 @@ def markdown(s: Mapping[str, Any]) -> str:
     hy = s.get("hybrid", {})
     if hy.get("a_with_c"):
         rows = []
-        for latent, v in hy["a_with_c"].items():
+        for latent in (x for x in MDVAE_LATENTS if x in hy["a_with_c"]):
+            v = hy["a_with_c"][latent]
             for m in affected(latent):
                 rows.append([latent, m, f(s["swap_fidelity"].get(latent, {}).get(m)), f(v.get(m)),
                              f(hy.get("c_with_b", {}).get(latent, {}).get(m)),
