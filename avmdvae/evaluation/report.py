@@ -323,7 +323,7 @@ def _plot_code_shift(s: dict[str, Any], path: Path) -> Path:
 
     code = s["code_shift"]
     rows = [k for k in (*MDVAE_LATENTS, "all") if k in code]  # report.json sorts its keys
-    cols = [x for x in MDVAE_LATENTS if any(x in v for v in code.values())] or list(next(iter(code.values())))
+    cols = list(MDVAE_LATENTS)
     moved = np.array([[code[r][x].get("moved") if code[r][x].get("moved") is not None else np.nan for x in cols]
                       for r in rows], np.float64)
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.2, 0.6 * len(rows) + 1.6))

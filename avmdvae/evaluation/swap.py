@@ -106,12 +106,17 @@ def decompose(modality: str, o: Media, r: Media, c: Media) -> tuple[float, float
     MSE); for audio approximately (d is the log-spectral distance). (nan, nan) when c equals r."""
     n = min(len(m.faces if modality == "visual" else m.power) for m in (o, r, c))
     ov, rv, cv = (_as_vector(modality, m, n) for m in (o, r, c))
-    v, u = cv - rv, ov - rv
-    vv = float(v @ v)
+    return project(ov - rv, cv - rv)
+
+
+def project(u: Any, v: Any) -> tuple[float, float]:
+    """A change u against a target change v (1-D arrays or tensors): (<u, v> / |v|^2, |u - along v|^2 / |v|^2),
+    the share of v made and what else changed in units of |v|^2; (nan, nan) when v is zero."""
+    vv = float((v * v).sum())
     if not np.isfinite(vv) or vv <= 1e-12:
         return float("nan"), float("nan")
-    along = float(u @ v) / vv
-    return along, float(np.sum((u - along * v) ** 2)) / vv
+    along = float((u * v).sum()) / vv
+    return along, float(((u - along * v) ** 2).sum()) / vv
 
 
 def fidelity(d_oc: float, d_rc: float, eps: float = 1e-12) -> float:
@@ -140,22 +145,15 @@ def code_shift(a: Any, b: Any, c: Any, centred: Iterable[str] = ()) -> dict[str,
     A's and B's codes coincide."""
     from avmdvae.manipulation.swap import combine
 
-    n = a.zav.shape[1]
-    c = combine(a, c, MDVAE_LATENTS) if c.zav.shape[1] != n else c  # c's dynamics fitted to A's length
+    b, c = combine(a, b, MDVAE_LATENTS), combine(a, c, MDVAE_LATENTS)  # dynamics fitted to A's length
     keep = set(centred)
     out: dict[str, dict[str, float]] = {}
     for x in MDVAE_LATENTS:
-        vecs = []
-        for lat in (a, combine(a, b, [x]), c):
-            t = getattr(lat, x)[0].double()
-            vecs.append((t - t.mean(0, keepdim=True) if x in keep else t).flatten())
-        v, u = vecs[1] - vecs[0], vecs[2] - vecs[0]
-        vv = float(v @ v)
-        if vv <= 1e-12:
-            out[x] = {"moved": float("nan"), "resid": float("nan")}
-            continue
-        moved = float(u @ v) / vv
-        out[x] = {"moved": moved, "resid": float(((u - moved * v) ** 2).sum()) / vv}
+        xa, xb, xc = (getattr(lat, x)[0].double() for lat in (a, b, c))
+        if x in keep:
+            xa, xb, xc = (t - t.mean(0, keepdim=True) for t in (xa, xb, xc))
+        moved, resid = project((xc - xa).flatten(), (xb - xa).flatten())
+        out[x] = {"moved": moved, "resid": resid}
     return out
 
 
@@ -594,6 +592,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 __all__ = ["MODALITIES", "Media", "NOISE_DRAWS", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec",
-           "code_shift", "counterfactual_power", "decompose", "distance", "expected_power", "face_distance", "fidelity",
-           "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise", "summarise_code", "synth_source",
-           "transfer_summary", "transfers"]
+           "code_shift", "counterfactual_power", "decompose", "distance", "expected_power", "face_distance",
+           "fidelity", "markdown", "pair_scores", "pick_pairs", "project", "run", "stage1", "summarise",
+           "summarise_code", "synth_source", "transfer_summary", "transfers"]
