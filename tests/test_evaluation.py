@@ -109,6 +109,33 @@ def test_ssim_identical_is_one_noisy_is_lower_and_matches_a_direct_implementatio
     assert M.face_metrics(u, u)["ssim"] == pytest.approx(1.0)
 
 
+def test_face_movement_is_the_share_of_the_clips_movement_rendered_per_band():
+    rng = np.random.default_rng(1)
+    still = rng.uniform(0.2, 0.8, (64, 64, 3))
+    move = np.zeros((12, 64, 64, 3))
+    move[:, 44:52, 24:40] = 0.15 * np.sin(np.arange(12))[:, None, None, None]  # a mouth opening and closing
+    move[:, 24:28, 16:48] = -0.1 * np.cos(np.arange(12))[:, None, None, None]  # eyelids
+    clip = still + move
+    m = M.face_movement(clip, clip)
+    assert m["move_along_face"] == pytest.approx(1) and m["move_off_face"] == pytest.approx(0, abs=1e-12)
+    frozen = M.face_movement(clip, np.repeat(clip.mean(0, keepdims=True), 12, 0))  # the clip's mean face
+    assert frozen["move_along_mouth"] == pytest.approx(0, abs=1e-9)
+    assert frozen["move_off_mouth"] == pytest.approx(0, abs=1e-9)
+    half = M.face_movement(clip, clip.mean(0) + 0.5 * (clip - clip.mean(0)))
+    assert half["move_along_eyes"] == pytest.approx(0.5) and half["move_along_mouth"] == pytest.approx(0.5)
+    # the mouth moved in the eyes' place: nothing along, all of it off, and the mouth band still
+    swapped = still + np.roll(move, -20, axis=1)
+    s = M.face_movement(clip, swapped)
+    assert s["move_along_mouth"] == pytest.approx(-0.0, abs=1e-9) and s["move_off_mouth"] == pytest.approx(0, abs=1e-9)
+    assert s["move_along_eyes"] < 0.2 and s["move_off_eyes"] > 1
+    # a static reference has nothing to render; a level change (the same for every frame) is not movement
+    assert np.isnan(M.face_movement(np.repeat(still[None], 4, 0), clip[:4])["move_along_face"])
+    assert M.face_movement(clip, np.clip(clip + 0.05, 0, 1))["move_along_face"] == pytest.approx(1)
+    u8 = (clip * 255).round().astype(np.uint8)  # uint8 against float in [0, 1]: one scale
+    assert M.face_movement(u8, clip)["move_along_face"] == pytest.approx(1, abs=0.01)
+    assert M.project(np.array([1.0, 1.0]), np.array([2.0, 0.0])) == pytest.approx((0.5, 0.25))
+
+
 # ------------------------------------------------------------------------------------------- probes
 def _planted(n_spk: int = 6, per: int = 12, classes: int = 4, dim: int = 10, signal: float = 3.0,
              seed: int = 0):
@@ -353,6 +380,9 @@ def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
     assert 0 < rs["systems"]["VQ-MDVAE"]["ssim"]["mean"] <= 1
     assert rs["systems"]["spectrogram (no model)"]["stoi_source_phase"]["mean"] > 0.99  # source phase = exact
     assert {"mean", "std", "median", "n"} <= set(rs["systems"]["VQ-VAE"]["pesq_griffin_lim"])
+    for system in ("VQ-VAE", "VQ-MDVAE", "VQ-DSAE-visual"):  # every face system: how much of the movement it renders
+        assert {f"move_{k}_{b}" for k in ("along", "off") for b in M.FACE_BANDS} <= set(rs["systems"][system])
+    assert np.isfinite(rs["systems"]["VQ-MDVAE"]["move_along_mouth"]["mean"])
     em = rep["emotion"]["targets"]
     assert set(em["emotion"]["representations"]) == {"VQ-MDVAE w", "VQ-DSAE-audio w", "VQ-DSAE-visual w",
                                                      "stage-1 features (time-pooled)"}
@@ -371,7 +401,8 @@ def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
     assert set(dn[0]["systems"]) == expect
     assert dn[1]["systems"]["corrupted input"]["psnr"]["mean"] < 25  # sigma 0.1 -> ~20 dB
     md = (out / "report.md").read_text()
-    assert "## Resynthesis" in md and "## Disentanglement" in md and "![factor_matrix.png]" in md
+    assert "## Resynthesis" in md and "mouth: along / off" in md
+    assert "## Disentanglement" in md and "![factor_matrix.png]" in md
 
 
 @pytest.mark.slow  # shares the trained fixture

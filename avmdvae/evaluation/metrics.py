@@ -12,6 +12,9 @@ Images (uint8 (..., H, W, 3) arrays in 0..255, or float arrays/tensors in 0..1, 
 Convenience wrappers returning dicts (used by `avmdvae denoise` and the evaluation tasks):
     audio_metrics(clean, est, sample_rate) -> {"stoi", "pesq", "si_sdr"}
     face_metrics(clean, est) -> {"psnr", "ssim"}
+Movement (a clip's frames minus their mean over the clip: what moves, not what the face looks like):
+    project(u, v) -> (along, off)       a change u against a target change v
+    face_movement(clean, est) -> {"move_along_<band>", "move_off_<band>"} per band of FACE_BANDS
 
 pystoi and pesq are optional dependencies (extra `metrics`); a missing one raises ConfigError.
 """
@@ -37,6 +40,11 @@ SSIM_SIGMA = 1.5  # ... with standard deviation 1.5 pixels
 SSIM_K1 = 0.01  # C1 = (K1 L)^2 and C2 = (K2 L)^2 stabilise the ratios (L = data range)
 SSIM_K2 = 0.03
 _SSIM_CHUNK = 256  # images per convolution batch: bounds memory at 256 * 5 * 3 * 64 * 64 * 8 B = 63 MB
+
+# Horizontal bands of an aligned face crop, as fractions of its height: the synthetic faces put the eyes at
+# 25 / 64 = 0.39 and the mouth at 44 / 64 = 0.69 of the crop, as MTCNN crops of real faces do (about 0.35-0.40
+# and 0.70-0.75); each band reaches about half way to the nose.
+FACE_BANDS = {"face": (0.0, 1.0), "eyes": (0.28, 0.50), "mouth": (0.56, 0.84)}
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -256,9 +264,37 @@ def face_metrics(clean: ArrayLike, est: ArrayLike, data_range: float | None = No
     return {"psnr": psnr(clean, est, data_range), "ssim": ssim(clean, est, data_range)}
 
 
+# ----------------------------------------------------------------------------------------- movement
+def project(u: Any, v: Any) -> tuple[float, float]:
+    """A change u against a target change v (arrays or tensors of one shape): (<u, v> / |v|^2, |u - along v|^2
+    / |v|^2), the share of v made and what else changed in units of |v|^2; (nan, nan) when v is zero."""
+    vv = float((v * v).sum())
+    if not np.isfinite(vv) or vv <= 1e-12:
+        return float("nan"), float("nan")
+    along = float((u * v).sum()) / vv
+    return along, float(((u - along * v) ** 2).sum()) / vv
+
+
+def face_movement(clean: ArrayLike, est: ArrayLike) -> dict[str, float]:
+    """How much of a clip's movement a reconstruction renders. clean, est: the clip's face crops (N, H, W, 3),
+    uint8 or float in [0, 1]; each minus its mean over the N frames is the movement. Per band of FACE_BANDS
+    (rows of the crop), `project` of est's movement on clean's: "move_along_<band>" (1 = all of it, 0 = a
+    still face) and "move_off_<band>" (movement clean does not make, in units of clean's); nan for a band
+    that does not move."""
+    a, b = (_images(x, channels_last=True) / _default_range(x) for x in (clean, est))  # (N, 3, H, W) in [0, 1]
+    _check_same(a, b)
+    a, b = a - a.mean(0), b - b.mean(0)
+    h = a.shape[-2]
+    out = {}
+    for band, (lo, hi) in FACE_BANDS.items():
+        rows = slice(round(lo * h), round(hi * h))
+        out[f"move_along_{band}"], out[f"move_off_{band}"] = project(b[..., rows, :], a[..., rows, :])
+    return out
+
+
 __all__ = [
-    "PESQ_MAX", "SAMPLE_RATE", "audio_metrics", "face_metrics", "log_spectral_distance", "pesq_wb",
-    "psnr", "psnr_frames", "si_sdr", "ssim", "ssim_frames", "stoi",
+    "FACE_BANDS", "PESQ_MAX", "SAMPLE_RATE", "audio_metrics", "face_metrics", "face_movement",
+    "log_spectral_distance", "pesq_wb", "project", "psnr", "psnr_frames", "si_sdr", "ssim", "ssim_frames", "stoi",
 ]
 
 

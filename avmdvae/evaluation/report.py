@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from avmdvae.atomic import atomic_path, write_json, write_text
+from avmdvae.evaluation import metrics as M
 from avmdvae.outputs import all_or_nothing
 
 REPORT_JSON = "report.json"
@@ -93,13 +94,28 @@ def _md_resynth(r: dict[str, Any]) -> str:
     for system, m in r["systems"].items():
         rows.append([system] + [_ms(m.get(k), 2 if k in ("psnr", "lsd_db") else 3) for k, _ in cols])
     out.append(_table(["system"] + [c for _, c in cols], rows))
+    moving = {s: m for s, m in r["systems"].items() if m.get("move_along_face", {}).get("n", 0)}
+    if moving:
+        out.append("\nMovement: each clip's faces minus their mean over the clip, the reconstruction's projected on "
+                   "the true clip's (`metrics.face_movement`): *along* is the share of the true movement rendered "
+                   "(1 all, 0 a still face), *off* what moves besides, in units of the true movement; whole crop, "
+                   "and the eye and mouth bands (rows " + ", ".join(
+                       f"{b} {lo:.2f}-{hi:.2f}" for b, (lo, hi) in M.FACE_BANDS.items() if b != "face")
+                   + " of the crop's height); means over clips.\n")
+        def mean(m: dict[str, Any], key: str) -> str:
+            return _f(m[key]["mean"], 2) if m.get(key, {}).get("n", 0) else "n/a"
+
+        bands = list(M.FACE_BANDS)
+        out.append(_table(["system"] + [f"{b}: along / off" for b in bands],
+                          [[s] + [f"{mean(m, f'move_along_{b}')} / {mean(m, f'move_off_{b}')}" for b in bands]
+                           for s, m in moving.items()]))
     return "\n".join(out)
 
 
 def _plot_resynth(r: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     metrics = [("stoi_griffin_lim", "STOI (Griffin-Lim)"), ("pesq_griffin_lim", "PESQ (Griffin-Lim)"),
-               ("psnr", "PSNR (dB)"), ("ssim", "SSIM")]
+               ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("move_along_mouth", "mouth movement rendered")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
     for ax, (k, label) in zip(axes, metrics, strict=True):
         names = [s for s, m in r["systems"].items() if m.get(k, {}).get("n", 0)]

@@ -106,17 +106,7 @@ def decompose(modality: str, o: Media, r: Media, c: Media) -> tuple[float, float
     MSE); for audio approximately (d is the log-spectral distance). (nan, nan) when c equals r."""
     n = min(len(m.faces if modality == "visual" else m.power) for m in (o, r, c))
     ov, rv, cv = (_as_vector(modality, m, n) for m in (o, r, c))
-    return project(ov - rv, cv - rv)
-
-
-def project(u: Any, v: Any) -> tuple[float, float]:
-    """A change u against a target change v (1-D arrays or tensors): (<u, v> / |v|^2, |u - along v|^2 / |v|^2),
-    the share of v made and what else changed in units of |v|^2; (nan, nan) when v is zero."""
-    vv = float((v * v).sum())
-    if not np.isfinite(vv) or vv <= 1e-12:
-        return float("nan"), float("nan")
-    along = float((u * v).sum()) / vv
-    return along, float(((u - along * v) ** 2).sum()) / vv
+    return M.project(ov - rv, cv - rv)
 
 
 def fidelity(d_oc: float, d_rc: float, eps: float = 1e-12) -> float:
@@ -152,7 +142,7 @@ def code_shift(a: Any, b: Any, c: Any, centred: Iterable[str] = ()) -> dict[str,
         xa, xb, xc = (getattr(lat, x)[0].double() for lat in (a, b, c))
         if x in keep:
             xa, xb, xc = (t - t.mean(0, keepdim=True) for t in (xa, xb, xc))
-        moved, resid = project((xc - xa).flatten(), (xb - xa).flatten())
+        moved, resid = M.project((xc - xa).flatten(), (xb - xa).flatten())
         out[x] = {"moved": moved, "resid": resid}
     return out
 
@@ -593,5 +583,5 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 __all__ = ["MODALITIES", "Media", "NOISE_DRAWS", "SWAP_LATENTS", "affected", "audio_distance", "clip_spec",
            "code_shift", "counterfactual_power", "decompose", "distance", "expected_power", "face_distance",
-           "fidelity", "markdown", "pair_scores", "pick_pairs", "project", "run", "stage1", "summarise",
+           "fidelity", "markdown", "pair_scores", "pick_pairs", "run", "stage1", "summarise",
            "summarise_code", "synth_source", "transfer_summary", "transfers"]

@@ -214,9 +214,15 @@ class Evaluator:
             out[f"pesq_{variant}"] = M.pesq_wb(ref_wave, wave, m.params.sample_rate)
         return out
 
+    @staticmethod
+    def _face_scores(faces: np.ndarray, est: np.ndarray) -> dict[str, float]:
+        """PSNR and SSIM per frame, and how much of the clip's movement est renders (`M.face_movement`)."""
+        return M.face_metrics(faces, est) | M.face_movement(faces, est)
+
     @torch.no_grad()
     def resynth(self) -> dict[str, Any]:
-        """Analysis-resynthesis of the test split by every system; mean / std / median per metric."""
+        """Analysis-resynthesis of the test split by every system; mean / std / median per metric (faces: also the
+        share of each clip's true movement rendered, whole crop, eye and mouth bands)."""
         m = self.model
         clips = self._test_clips()
         per: dict[str, dict[str, list[float]]] = {}
@@ -235,17 +241,17 @@ class Evaluator:
             add("spectrogram (no model)", self._audio_scores(clip.audio, clip.power, clip.power))
             # stage 1 alone
             add(VQ_NAME, self._audio_scores(clip.audio, clip.power, m.vq_audio.decode_frames(xa)))
-            add(VQ_NAME, M.face_metrics(clip.faces, m.vq_visual.decode_frames(xv)))
+            add(VQ_NAME, self._face_scores(clip.faces, m.vq_visual.decode_frames(xv)))
             dec = m.decode(m.encode_features(xa, xv))
             add(MDVAE_NAME, self._audio_scores(clip.audio, clip.power, dec.power))
-            add(MDVAE_NAME, M.face_metrics(clip.faces, dec.faces))
+            add(MDVAE_NAME, self._face_scores(clip.faces, dec.faces))
             for mod, uni in self.dsae.items():
                 src = clip.power if mod == "audio" else clip.faces
                 out = uni.decode(uni.encode(uni.features(src)))
                 if mod == "audio":
                     add(uni.name, self._audio_scores(clip.audio, clip.power, out))
                 else:
-                    add(uni.name, M.face_metrics(clip.faces, out))
+                    add(uni.name, self._face_scores(clip.faces, out))
             self.progress("resynth", i + 1, len(clips))
         systems = {s: {k: M.stats(v) for k, v in d.items()} for s, d in per.items()}
         return {"clips": len(clips), "split": self.opt.split or "test", "reference_audio": sorted(how),
