@@ -41,9 +41,10 @@ SSIM_K1 = 0.01  # C1 = (K1 L)^2 and C2 = (K2 L)^2 stabilise the ratios (L = data
 SSIM_K2 = 0.03
 _SSIM_CHUNK = 256  # images per convolution batch: bounds memory at 256 * 5 * 3 * 64 * 64 * 8 B = 63 MB
 
-# Horizontal bands of an aligned face crop, as fractions of its height: the synthetic faces put the eyes at
-# 25 / 64 = 0.39 and the mouth at 44 / 64 = 0.69 of the crop, as MTCNN crops of real faces do (about 0.35-0.40
-# and 0.70-0.75); each band reaches about half way to the nose.
+# Horizontal bands of an aligned face crop, as fractions of its height. face.py crops a square of 1 + 2 * 0.2
+# times the MTCNN box (brows to chin) around its centre, so a point at height y of the box lies at
+# (0.2 + y) / 1.4 of the crop: eyes at about y = 0.3 -> 0.36, mouth at about y = 0.75 -> 0.68; the synthetic
+# faces put them at 25 / 64 = 0.39 and 44 / 64 = 0.69. Each band reaches about half way to the nose.
 FACE_BANDS = {"face": (0.0, 1.0), "eyes": (0.28, 0.50), "mouth": (0.56, 0.84)}
 
 ArrayLike = np.ndarray | torch.Tensor

@@ -102,6 +102,7 @@ def _md_resynth(r: dict[str, Any]) -> str:
                    "and the eye and mouth bands (rows " + ", ".join(
                        f"{b} {lo:.2f}-{hi:.2f}" for b, (lo, hi) in M.FACE_BANDS.items() if b != "face")
                    + " of the crop's height); means over clips.\n")
+
         def mean(m: dict[str, Any], key: str) -> str:
             return _f(m[key]["mean"], 2) if m.get(key, {}).get("n", 0) else "n/a"
 
