@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from avmdvae.atomic import atomic_path, write_json, write_text
+from avmdvae.constants import MDVAE_LATENTS
 from avmdvae.evaluation import metrics as M
 from avmdvae.outputs import all_or_nothing
 
@@ -336,13 +337,10 @@ def _plot_code_shift(s: dict[str, Any], path: Path) -> Path:
     colour *moved* (the share of the way from A's code to B's), text moved / resid; a factorised model shows
     the identity (framed)."""
     plt = _plt()
-    from avmdvae.constants import MDVAE_LATENTS
-
     code = s["code_shift"]
     rows = [k for k in (*MDVAE_LATENTS, "all") if k in code]  # report.json sorts its keys
     cols = list(MDVAE_LATENTS)
-    moved = np.array([[code[r][x].get("moved") if code[r][x].get("moved") is not None else np.nan for x in cols]
-                      for r in rows], np.float64)
+    moved = np.array([[code[r][x].get("moved") for x in cols] for r in rows], np.float64)  # null (None) -> nan
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.2, 0.6 * len(rows) + 1.6))
     im = ax.imshow(moved, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(cols)), [f"{x}'s code" for x in cols])
