@@ -136,6 +136,30 @@ def test_face_movement_is_the_share_of_the_clips_movement_rendered_per_band():
     assert M.project(np.array([1.0, 1.0]), np.array([2.0, 0.0])) == pytest.approx((0.5, 0.25))
 
 
+def test_face_movement_over_a_corrupted_region():
+    """The denoise task scores movement where the corruption hit: an occluded mouth brings none of it back,
+    a face whose mouth is restored brings all of it, however much the rest of the crop moves."""
+    from avmdvae.manipulation import noise as N
+
+    rng = np.random.default_rng(2)
+    clip = (rng.uniform(0.2, 0.8, (64, 64, 3)) * 255).round()
+    clip = np.repeat(clip[None], 10, 0)
+    clip[:, 44:52, 24:40] += (40 * np.sin(np.arange(10)))[:, None, None, None]  # the mouth moves ...
+    clip[:, :, :6] += (30 * np.cos(np.arange(10)))[:, None, None, None]  # ... and so does the crop's left edge
+    clip = clip.clip(0, 255).astype(np.uint8)
+    spec = N.parse_noise("visual:occlude:mouth")
+    hit = {"region": N.corrupted_region(spec)}
+    occluded = N.corrupt_faces(clip, spec, rng)
+    m = M.face_movement(clip, occluded, hit)
+    assert m["move_along_region"] == 0 and m["move_off_region"] == 0
+    assert M.face_movement(clip, occluded)["move_along_mouth"] > 0.2  # the full-width band still sees the edge
+    restored = occluded.copy()
+    y0, y1, x0, x1 = N.region_box("mouth", 64)
+    restored[:, y0:y1, x0:x1] = clip[:, y0:y1, x0:x1]
+    assert M.face_movement(clip, restored, hit)["move_along_region"] == pytest.approx(1)
+    assert N.corrupted_region(N.parse_noise("visual:gaussian:0.1")) == (0.0, 1.0, 0.0, 1.0)
+
+
 # ------------------------------------------------------------------------------------------- probes
 def _planted(n_spk: int = 6, per: int = 12, classes: int = 4, dim: int = 10, signal: float = 3.0,
              seed: int = 0):
@@ -400,6 +424,10 @@ def test_eval_cli_writes_a_complete_report(synth_env, tmp_path):
     expect = {"corrupted input", "VQ-MDVAE", "VQ-MDVAE (drop)", "VQ-VAE", "VQ-DSAE-audio"}
     assert set(dn[0]["systems"]) == expect
     assert dn[1]["systems"]["corrupted input"]["psnr"]["mean"] < 25  # sigma 0.1 -> ~20 dB
+    # the grey box does not move: the occluded input renders none of the hidden mouth's movement
+    assert dn[2]["systems"]["corrupted input"]["move_along_region"]["mean"] == 0
+    assert np.isfinite(dn[2]["systems"]["VQ-MDVAE (drop)"]["move_along_region"]["mean"])
+    assert dn[1]["systems"]["corrupted input"]["move_off_region"]["mean"] > 0.5  # pixel noise moves every frame
     md = (out / "report.md").read_text()
     assert "## Resynthesis" in md and "mouth: along / off" in md
     assert "## Disentanglement" in md and "![factor_matrix.png]" in md

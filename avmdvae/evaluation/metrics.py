@@ -22,7 +22,7 @@ pystoi and pesq are optional dependencies (extra `metrics`); a missing one raise
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -276,20 +276,23 @@ def project(u: Any, v: Any) -> tuple[float, float]:
     return along, float(((u - along * v) ** 2).sum()) / vv
 
 
-def face_movement(clean: ArrayLike, est: ArrayLike) -> dict[str, float]:
+def face_movement(clean: ArrayLike, est: ArrayLike,
+                  regions: Mapping[str, tuple[float, float, float, float]] | None = None) -> dict[str, float]:
     """How much of a clip's movement a reconstruction renders. clean, est: the clip's face crops (N, H, W, 3),
-    uint8 or float in [0, 1]; each minus its mean over the N frames is the movement. Per band of FACE_BANDS
-    (rows of the crop), `project` of est's movement on clean's: "move_along_<band>" (1 = all of it, 0 = a
-    still face) and "move_off_<band>" (movement clean does not make, in units of clean's); nan for a band
-    that does not move."""
+    uint8 or float in [0, 1]; each minus its mean over the N frames is the movement. Per region (name ->
+    (y0, y1, x0, x1), fractions of the crop; default: the full-width bands of FACE_BANDS), `project` of est's
+    movement on clean's: "move_along_<name>" (1 = all of it, 0 = a still face) and "move_off_<name>"
+    (movement clean does not make, in units of clean's); nan for a region that does not move."""
     a, b = (_images(x, channels_last=True) / _default_range(x) for x in (clean, est))  # (N, 3, H, W) in [0, 1]
     _check_same(a, b)
     a, b = a - a.mean(0), b - b.mean(0)
-    h = a.shape[-2]
+    h, w = a.shape[-2:]
+    if regions is None:
+        regions = {band: (lo, hi, 0.0, 1.0) for band, (lo, hi) in FACE_BANDS.items()}
     out = {}
-    for band, (lo, hi) in FACE_BANDS.items():
-        rows = slice(round(lo * h), round(hi * h))
-        out[f"move_along_{band}"], out[f"move_off_{band}"] = project(b[..., rows, :], a[..., rows, :])
+    for name, (y0, y1, x0, x1) in regions.items():
+        box = (..., slice(round(y0 * h), round(y1 * h)), slice(round(x0 * w), round(x1 * w)))
+        out[f"move_along_{name}"], out[f"move_off_{name}"] = project(b[box], a[box])
     return out
 
 

@@ -358,7 +358,9 @@ def _plot_code_shift(s: dict[str, Any], path: Path) -> Path:
 
 
 DENOISE_METRICS = {"audio": (("stoi", "STOI"), ("pesq", "PESQ"), ("lsd_db", "LSD dB")),
-                   "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"))}
+                   "visual": (("psnr", "PSNR dB"), ("ssim", "SSIM"), ("move_along_region", "movement along"),
+                              ("move_off_region", "movement off"))}
+DENOISE_PLOTTED = ("stoi", "pesq", "psnr", "move_along_region")  # two panels per modality
 
 
 def _md_denoise(dn: dict[str, Any]) -> str:
@@ -370,6 +372,10 @@ def _md_denoise(dn: dict[str, Any]) -> str:
         if not conds:
             continue
         out.append(f"### {mod}\n")
+        if mod == "visual":
+            out.append("Movement of the corrupted region (the occluded box, or the whole crop for pixel noise), as in "
+                       "the resynthesis table: the share of the clean clip's movement there that the output renders "
+                       "(along: 1 all of it, 0 still) and what moves besides (off).\n")
         rows = []
         for c in conds:
             for system, m in c["systems"].items():
@@ -383,7 +389,7 @@ def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path:
     plt = _plt()
     conds = [c for c in dn["conditions"] if c["modality"] == modality]
     kinds = list(dict.fromkeys(c["kind"] for c in conds))
-    metrics = DENOISE_METRICS[modality][:2]
+    metrics = [m for m in DENOISE_METRICS[modality] if m[0] in DENOISE_PLOTTED]
     fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(4.2 * len(kinds), 3.2 * len(metrics)),
                              squeeze=False)
     for j, kind in enumerate(kinds):

@@ -550,9 +550,10 @@ class Evaluator:
                 else:
                     noisy = Clip(noise_mod.corrupt_faces(clean.faces, spec, rng), clean.power, clean.audio,
                                  clean.fps, clean.source)
+                    hit = {"region": noise_mod.corrupted_region(spec)}
 
-                    def score(f: np.ndarray, clean=clean) -> dict[str, float]:
-                        return M.face_metrics(clean.faces, f)
+                    def score(f: np.ndarray, clean=clean, hit=hit) -> dict[str, float]:
+                        return M.face_metrics(clean.faces, f) | M.face_movement(clean.faces, f, hit)
 
                     before = score(noisy.faces)
                 add("corrupted input", before)

@@ -144,6 +144,11 @@ def region_box(region: str, size: int) -> tuple[int, int, int, int]:
     return round(y0 * size), round(y1 * size), round(x0 * size), round(x1 * size)
 
 
+def corrupted_region(spec: NoiseSpec) -> tuple[float, float, float, float]:
+    """(y0, y1, x0, x1), fractions of the crop, that a visual corruption changes: the occluded box, else all."""
+    return REGIONS[str(spec.value)] if spec.kind == "occlude" else (0.0, 1.0, 0.0, 1.0)
+
+
 def corrupt_faces(faces: np.ndarray, spec: NoiseSpec, rng: np.random.Generator) -> np.ndarray:
     """Corrupt aligned face crops (N, S, S, 3) uint8 -> a new uint8 array."""
     if spec.modality != "visual":
