@@ -394,7 +394,7 @@ def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path:
                              squeeze=False)
     for j, kind in enumerate(kinds):
         cs = [c for c in conds if c["kind"] == kind]
-        numeric = all(isinstance(c["level"], (int, float)) for c in cs)
+        numeric = len(cs) > 1 and all(isinstance(c["level"], (int, float)) for c in cs)  # else categories
         if numeric:
             cs = sorted(cs, key=lambda c: c["level"])
         x = [c["level"] for c in cs] if numeric else list(range(len(cs)))
@@ -404,16 +404,21 @@ def _plot_denoise(dn: dict[str, Any], modality: str, path: Path) -> Path:
             for si, s in enumerate(systems):
                 m = np.array([c["systems"].get(s, {}).get(k, {}).get("mean", np.nan) for c in cs], np.float64)
                 sd = np.array([c["systems"].get(s, {}).get(k, {}).get("std", np.nan) for c in cs], np.float64)
-                if s == "corrupted input":
-                    ax.plot(x, m, "--", label=s, color="k")
-                else:
-                    ax.plot(x, m, "o-", label=s, color=f"C{si}")
-                ax.fill_between(x, m - sd, m + sd, alpha=0.1)
+                ref = s == "corrupted input"
+                if numeric:  # a curve over levels
+                    ax.plot(x, m, "--" if ref else "o-", label=s, color="k" if ref else f"C{si}")
+                    ax.fill_between(x, m - sd, m + sd, alpha=0.1)
+                else:  # separate conditions: points with their spread, side by side
+                    dx = 0.6 * (si - (len(systems) - 1) / 2) / len(systems)
+                    ax.errorbar(np.asarray(x) + dx, m, yerr=sd, fmt="_" if ref else "o", label=s,
+                                color="k" if ref else f"C{si}", capsize=3)
             if not numeric:
                 ax.set_xticks(x, [str(c["level"]) for c in cs])
+                ax.set_xlim(-0.5, len(cs) - 0.5)
             ax.set_xlabel({"white": "SNR (dB)", "babble": "SNR (dB)", "gaussian": "sigma"}.get(kind, kind))
             ax.set_ylabel(label)
-            ax.set_title(f"{modality}: {kind}")
+            if i == 0:
+                ax.set_title(f"{modality}: {kind}")
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
     return _save(fig, path)
