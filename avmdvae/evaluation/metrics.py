@@ -14,7 +14,8 @@ Convenience wrappers returning dicts (used by `avmdvae denoise` and the evaluati
     face_metrics(clean, est) -> {"psnr", "ssim"}
 Movement (a clip's frames minus their mean over the clip: what moves, not what the face looks like):
     project(u, v) -> (along, off)       a change u against a target change v
-    face_movement(clean, est) -> {"move_along_<band>", "move_off_<band>"} per band of FACE_BANDS
+    face_movement(clean, est[, regions]) -> {"move_along_<name>", "move_off_<name>"} per band of FACE_BANDS,
+        or per box of the crop given (the denoise task: the corrupted region)
 
 pystoi and pesq are optional dependencies (extra `metrics`); a missing one raises ConfigError.
 """
