@@ -209,6 +209,27 @@ def test_mdvae_gradients_match_finite_differences(learn_var: bool) -> None:
     assert torch.autograd.gradcheck(loss, (xa, xv, *chosen))
 
 
+def test_mdvae_observation_variance_per_modality_is_one_shared_per_dim_variance() -> None:
+    """obs_var_per "modality": one learned log-variance per modality, whose loss is the per-dim model's with
+    every dimension's variance set to it; its gradient sums the per-dim gradients; an unknown value is refused."""
+    shared, d, xa, xv = _tiny_mdvae(B=2, T=4, learn_obs_var=True, obs_var_per="modality")
+    per_dim, *_ = _tiny_mdvae(B=2, T=4, learn_obs_var=True)
+    assert {m: p.shape for m, p in shared.obs_logvar.items()} == {"audio": (1,), "visual": (1,)}
+    per_dim.load_state_dict({k: v for k, v in shared.state_dict().items() if not k.startswith("obs_logvar")},
+                            strict=False)
+    with torch.no_grad():
+        shared.obs_logvar["visual"].fill_(0.7)
+        per_dim.obs_logvar["visual"].fill_(0.7)
+    noise = _mdvae_noise(d, 2, 4)
+    a, b = shared(xa, xv, noise=noise), per_dim(xa, xv, noise=noise)
+    _close(a.loss, b.loss)
+    a.loss.backward(), b.loss.backward()
+    for m in ("audio", "visual"):
+        _close(shared.obs_logvar[m].grad, per_dim.obs_logvar[m].grad.sum(0, keepdim=True))
+    with pytest.raises(ConfigError, match="obs_var_per"):
+        MDVAEDims(obs_var_per="pixel").validate()
+
+
 def test_additive_decoder_moves_the_features_by_the_same_amount_whatever_w() -> None:
     """decoder "additive": static(w) + dynamic(z), so dec(w1, z1) - dec(w1, z2) = dec(w2, z1) - dec(w2, z2);
     an MDVAE with it trains (gradients reach both parts) and decodes a swap."""

@@ -23,6 +23,7 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film", "additive")  # MDVAEDims.decoder, layers.decoder
+OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
 # MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
 DECODER_Z: dict[str, tuple[str, ...]] = {
     "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),
@@ -201,6 +202,10 @@ class MDVAEDims(_Dims):
     dec_hidden_a: list[int] = _widths(256)  # audio decoder [w, zav, za] -> feature mean
     dec_hidden_v: list[int] = _widths(512)  # visual decoder [w, zav, zv] -> feature mean
     learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood (of standardised features)
+    # with learn_obs_var, one variance per feature dimension ("dim") or one per modality ("modality"): per dim,
+    # a dimension the model predicts badly (the eyes' and mouth's cells) gets a large variance and its errors
+    # weigh less than a well-predicted one's (the background's); per modality every dimension weighs the same
+    obs_var_per: str = "dim"
     # False: p(z_t) = N(0, I) at every frame, so content that stays put costs its KL at every frame
     # in a dynamical latent and once in w (docs/results.md, quality benchmark ablations)
     dynamic_prior: bool = True
@@ -245,6 +250,9 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.obs_var_per not in OBS_VAR_PER:
+            valid = ", ".join(OBS_VAR_PER)
+            raise ConfigError(f"MDVAEDims.obs_var_per must be one of {valid}, got {self.obs_var_per!r}")
         if not 0 <= self.zav_modality_dropout <= 1:
             raise ConfigError(f"MDVAEDims.zav_modality_dropout must be in [0, 1], got {self.zav_modality_dropout}")
         if self.swap_cycle < 0:

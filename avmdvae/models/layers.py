@@ -70,13 +70,13 @@ def gaussian_kl(mq: Tensor, lvq: Tensor, mp: Tensor | None = None, lvp: Tensor |
 
 def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor | None) -> Tensor:
     """-log N(x; mean, e^logvar) summed over every element (a scalar, at least float32); logvar (D,) is
-    per last-dim feature, None = unit variance. The squared error is summed per feature first, so that
-    the big (..., D) tensors are read once forward and once backward."""
+    per last-dim feature, (1,) one for all of them, None = unit variance. The squared error is summed per
+    feature first, so that the big (..., D) tensors are read once forward and once backward."""
     sq = (_wide(x) - _wide(mean)).pow(2).flatten(0, -2).sum(0)  # (D,)
     n = x.numel() // x.shape[-1]  # elements per feature
     if logvar is None:
         return 0.5 * (sq.sum() + x.numel() * LOG_2PI)
-    lv = _wide(logvar)
+    lv = _wide(logvar).expand_as(sq)
     return 0.5 * ((sq * torch.exp(-lv)).sum() + n * lv.sum() + x.numel() * LOG_2PI)
 
 

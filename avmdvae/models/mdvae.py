@@ -8,7 +8,8 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
                                                          (dynamic_prior false: z^c_t ~ N(0, I))
                                                          z^av: lips, formants (16)  z^a: pitch (8)
                                                          z^v: eyes, head (4)
-    x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim (learn_obs_var)
+    x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim or per modality
+                                                         (learn_obs_var, obs_var_per)
     x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)            dec: an MLP over [w, z's], or (decoder "film")
                                                          one over the z's whose hidden units w modulates;
                                                          (decoder_z "centred-za" / "centred-za-zv" /
@@ -99,7 +100,7 @@ class MDVAE(SequenceVAE):
             "audio": decoder(d.decoder, d.w_dim, d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
             "visual": decoder(d.decoder, d.w_dim, d.zav_dim + d.zv_dim, d.dec_hidden_v, d.feat_v),
         })
-        self._init_likelihood({"audio": d.feat_a, "visual": d.feat_v}, d.learn_obs_var)
+        self._init_likelihood({"audio": d.feat_a, "visual": d.feat_v}, d.learn_obs_var, d.obs_var_per)
         self.critic = ClipCritic(d.za_dim) if d.za_critic > 0 else None
 
     def forward(self, *xs: Tensor, **options: Any) -> MDVAEOutput:

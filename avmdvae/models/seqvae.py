@@ -110,13 +110,16 @@ class SequenceVAE(nn.Module):
     q_w: StaticEncoder
     chains: nn.ModuleDict  # chain name -> Chain, a parent before its children
     decoders: nn.ModuleDict  # modality -> MLP to the standardised feature mean
-    obs_logvar: nn.ParameterDict | None  # modality -> log-variance (D,) of the likelihood; None: unit
+    obs_logvar: nn.ParameterDict | None  # modality -> log-variance (D,) or (1,) of the likelihood; None: unit
     w_dim: int
     seq_len: int
     chain_inputs: str = "frames"  # what the chains' posteriors see of the embeddings (layers.window_view)
 
-    def _init_likelihood(self, dims: Mapping[str, int], learn: bool) -> None:
-        self.obs_logvar = nn.ParameterDict({m: torch.zeros(d) for m, d in dims.items()}) if learn else None
+    def _init_likelihood(self, dims: Mapping[str, int], learn: bool, per: str = "dim") -> None:
+        """One learned log-variance per feature dimension (per "dim") or per modality (per "modality", a (1,)
+        parameter), or none (learn False: unit variance)."""
+        size = {m: d if per == "dim" else 1 for m, d in dims.items()}
+        self.obs_logvar = nn.ParameterDict({m: torch.zeros(n) for m, n in size.items()}) if learn else None
 
     # ---- wiring, per model
     def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
