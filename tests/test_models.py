@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import AdditiveDecoder, ClipCritic, FiLMDecoder, unroll
+from avmdvae.models.layers import AdditiveDecoder, ClipCritic, FiLMDecoder, mlp_out, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -702,6 +702,42 @@ def test_runs_from_before_standardisation_fail_with_a_clear_message() -> None:
     old = {k: v for k, v in MDVAE(MDVAEDims.tiny()).state_dict().items() if not k.startswith("norm.")}
     with pytest.raises(ConfigError, match="train it again"):
         load_model_state(MDVAE(MDVAEDims.tiny()), old, "old/best.pt")
+
+
+def test_zv_view_gives_zv_an_embedding_of_its_own_of_the_whole_face_or_of_its_eye_rows() -> None:
+    # tiny visual feature: 1 channel x 8 x 8 grid, flattened channel-major; EYE_ROWS of 8 rows are rows 2-3
+    dims = {"feat_v": 64, "visual_grid": 8}
+    m, d, xa, xv = _tiny_mdvae(B=2, T=5, zv_view="eyes", **dims)
+    assert m.eye_rows == slice(2, 4)
+    rows = torch.zeros(8, 8, dtype=torch.bool)
+    rows[2:4] = True
+    rows = rows.flatten()
+    w = torch.rand(2, 5, d.w_dim, dtype=xa.dtype)
+
+    def ctx(model: MDVAE, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.contexts(model._embed({"audio": xa, "visual": v})[1], w)
+
+    def moved(v: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        v = v.clone()
+        v[..., where] += 0.5 * torch.randn_like(v[..., where])
+        return v
+
+    E = mlp_out(d.feat_v, d.proj_v)
+    base = ctx(m, xv)
+    off_eyes = ctx(m, moved(xv, ~rows))["zv"]
+    _close(off_eyes[..., E: 2 * E], base["zv"][..., E: 2 * E])  # the eye view does not see the other rows
+    assert (off_eyes[..., :E] - base["zv"][..., :E]).abs().max() > 1e-3  # the shared view still does
+    assert (ctx(m, moved(xv, rows))["zv"][..., E: 2 * E] - base["zv"][..., E: 2 * E]).abs().max() > 1e-3
+    assert torch.isfinite(m(xa, xv, noise=_mdvae_noise(d, 2, 5)).loss)
+    # "own": q(z(v)) reads an embedding that q(w) and q(z(av)) do not, and not theirs
+    own, d, xa, xv = _tiny_mdvae(B=2, T=5, zv_view="own", **dims)
+    _close(ctx(own, xv)["zv"], torch.cat([own.zv_embed(own.norm["visual"](xv)), w], -1))
+    own(xa, xv, noise=_mdvae_noise(d, 2, 5)).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own.zv_embed.parameters())
+    with pytest.raises(ConfigError, match="zv_view must be one of shared, own, eyes"):
+        MDVAEDims.from_dict({"zv_view": "mouth"})
+    with pytest.raises(ConfigError, match="a multiple of visual_grid"):
+        MDVAEDims.from_dict({"feat_v": 64, "visual_grid": 7, "zv_view": "eyes"})
 
 
 def test_za_band_infers_za_from_the_lowest_frequency_positions_of_the_audio_feature_only() -> None:

@@ -23,7 +23,11 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film", "additive")  # MDVAEDims.decoder, layers.decoder
-OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
+OBS_VAR_PER = ("dim", "modality")
+ZV_VIEWS = ("shared", "own", "eyes")  # MDVAEDims.zv_view: what q(z^v) reads of the face
+# the rows of a 64 x 64 face crop where the eyes lie (pixel rows 16-36: the eye line at about 0.4 of the
+# crop's height, plus the lids and brows), as fractions of its height, for MDVAEDims.zv_view "eyes"
+EYE_ROWS = (16 / 64, 36 / 64)  # MDVAEDims.obs_var_per: what one learned observation variance covers
 # MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
 DECODER_Z: dict[str, tuple[str, ...]] = {
     "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),
@@ -188,6 +192,7 @@ class MDVAEDims(_Dims):
     feat_a: int = 512  # audio VQ-VAE feature (64 * 8)
     audio_positions: int = 64  # frequency positions of that feature, lowest first (feat_a / audio_positions channels)
     feat_v: int = 2048  # visual VQ-VAE feature (8 * 8 * 32)
+    visual_grid: int = 8  # rows (= columns) of that feature's grid (feat_v / visual_grid^2 channels, channel-major)
     w_dim: int = 84
     zav_dim: int = 16
     za_dim: int = 8
@@ -239,6 +244,10 @@ class MDVAEDims(_Dims):
     # about 1 kHz, where the harmonics of the voice's f0 are resolved), so that z^a is inferred from where the
     # pitch shows and not from the spectral envelope above it
     za_band: int = 0
+    # what q(z^v) reads of the face: "shared" (the visual embedding q(w) and q(z^av) read too, the paper), "own"
+    # (an embedding of its own, proj_v's widths, of the whole feature) or "eyes" (the shared one plus an embedding
+    # of its own of the grid rows where the eyes lie, EYE_ROWS), where the shared embedding keeps little of a blink
+    zv_view: str = "shared"
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
 
     def validate(self) -> None:
@@ -250,6 +259,13 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.zv_view not in ZV_VIEWS:
+            raise ConfigError(f"MDVAEDims.zv_view must be one of {', '.join(ZV_VIEWS)}, got {self.zv_view!r}")
+        if self.zv_view == "eyes" and self.feat_v % self.visual_grid**2:
+            raise ConfigError(
+                f"MDVAEDims.zv_view eyes needs feat_v ({self.feat_v}) a multiple of visual_grid^2 "
+                f"({self.visual_grid}^2)"
+            )
         if self.obs_var_per not in OBS_VAR_PER:
             valid = ", ".join(OBS_VAR_PER)
             raise ConfigError(f"MDVAEDims.obs_var_per must be one of {valid}, got {self.obs_var_per!r}")

@@ -23,7 +23,8 @@ Inference model, with per-frame embeddings e^a_t = proj_a(x^a_t) and e^v_t = pro
                                       show it one modality, the other's e zeroed)
     q(z^a_t  | e^a_t, w, h^a_t, z^av_t)   (za_band k: e^a_t replaced by b_t = proj_b(x^a_t's k lowest
                                       frequency positions), the band where f0's harmonics are resolved)
-    q(z^v_t  | e^v_t, w, h^v_t, z^av_t)
+    q(z^v_t  | e^v_t, w, h^v_t, z^av_t)   (zv_view "own": e^v_t replaced by an embedding of its own of x^v_t;
+                                      "eyes": [e^v_t, an embedding of the grid rows where the eyes lie])
                                       (chain_inputs "deviations" / "normalised": the chains see e^m_t
                                       minus its mean over the window / also over its std)
 
@@ -50,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
-from avmdvae.models.config import DECODER_Z, MDVAEDims
+from avmdvae.models.config import DECODER_Z, EYE_ROWS, MDVAEDims
 from avmdvae.models.layers import Chain, ClipCritic, Standardize, StaticEncoder, decoder, mlp, mlp_out
 from avmdvae.models.seqvae import SequenceVAE, SeqVAEOutput
 
@@ -88,13 +89,19 @@ class MDVAE(SequenceVAE):
         band = d.feat_a // d.audio_positions * d.za_band  # (channels x k positions) of the audio feature
         self.band = mlp(band, d.proj_a) if d.za_band else None
         eb = mlp_out(band, d.proj_a) if d.za_band else ea
+        # q(z^v)'s own view of the face (zv_view): the whole feature, or the eye rows of its grid (channel-major)
+        G = d.visual_grid
+        self.eye_rows = slice(round(EYE_ROWS[0] * G), round(EYE_ROWS[1] * G))
+        zv_in = {"own": d.feat_v, "eyes": d.feat_v // G * len(range(G)[self.eye_rows])}.get(d.zv_view)
+        self.zv_embed = mlp(zv_in, d.proj_v) if zv_in else None
+        ezv = {"own": 0, "eyes": ev}.get(d.zv_view, ev) + (mlp_out(zv_in, d.proj_v) if zv_in else 0)
 
         self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim)
         H, post, prior = d.chain_hidden, d.post_hidden, d.prior_hidden
         self.chains = nn.ModuleDict({
             "zav": Chain(d.zav_dim, ea + ev + d.w_dim, 0, H, post, prior, dynamic_prior=d.dynamic_prior),
             "za": Chain(d.za_dim, eb + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
-            "zv": Chain(d.zv_dim, ev + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
+            "zv": Chain(d.zv_dim, ezv + d.w_dim, d.zav_dim, H, post, prior, "zav", d.dynamic_prior),
         })
         self.decoders = nn.ModuleDict({
             "audio": decoder(d.decoder, d.w_dim, d.zav_dim + d.za_dim, d.dec_hidden_a, d.feat_a),
@@ -135,11 +142,19 @@ class MDVAE(SequenceVAE):
 
     def _embeddings(self, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per-modality embeddings, plus with za_band the low band's ("audio_band", (B, T, E_b)): the stage-1
-        audio feature is (channels, positions) flattened channel-major, lowest frequencies first."""
+        audio feature is (channels, positions) flattened channel-major, lowest frequencies first; and with
+        zv_view "own" / "eyes" q(z^v)'s view of the face ("visual_zv", (B, T, E_zv)): the stage-1 visual
+        feature is (channels, G, G) flattened channel-major."""
         e = super()._embeddings(y)
         if self.band is not None:
             ya = y["audio"].unflatten(-1, (-1, self.dims.audio_positions))  # (B, T, channels, positions)
             e["audio_band"] = self.band(ya[..., : self.dims.za_band].flatten(-2))
+        if self.zv_embed is not None:
+            yv = y["visual"]
+            if self.dims.zv_view == "eyes":
+                G = self.dims.visual_grid
+                yv = yv.unflatten(-1, (-1, G, G))[..., self.eye_rows, :].flatten(-3)  # (B, T, C * rows * G)
+            e["visual_zv"] = self.zv_embed(yv)
         return e
 
     def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
@@ -152,7 +167,8 @@ class MDVAE(SequenceVAE):
         else:
             ea_av, ev_av = ea, ev
         eb = e.get("audio_band", ea)
-        return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([eb, w], -1), "zv": torch.cat([ev, w], -1)}
+        ezv = {"own": [], "eyes": [ev]}.get(self.dims.zv_view, [ev]) + ([e["visual_zv"]] if "visual_zv" in e else [])
+        return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([eb, w], -1), "zv": torch.cat([*ezv, w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:
         """Audio is decoded from [w, z^av, z^a], the face from [w, z^av, z^v] (the z's in `centred` minus
