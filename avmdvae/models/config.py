@@ -23,11 +23,11 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film", "additive")  # MDVAEDims.decoder, layers.decoder
-OBS_VAR_PER = ("dim", "modality")
+OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
 ZV_VIEWS = ("shared", "own", "eyes")  # MDVAEDims.zv_view: what q(z^v) reads of the face
 # the rows of a 64 x 64 face crop where the eyes lie (pixel rows 16-36: the eye line at about 0.4 of the
 # crop's height, plus the lids and brows), as fractions of its height, for MDVAEDims.zv_view "eyes"
-EYE_ROWS = (16 / 64, 36 / 64)  # MDVAEDims.obs_var_per: what one learned observation variance covers
+EYE_ROWS = (16 / 64, 36 / 64)
 # MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
 DECODER_Z: dict[str, tuple[str, ...]] = {
     "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),

@@ -94,7 +94,7 @@ class MDVAE(SequenceVAE):
         self.eye_rows = slice(round(EYE_ROWS[0] * G), round(EYE_ROWS[1] * G))
         zv_in = {"own": d.feat_v, "eyes": d.feat_v // G * len(range(G)[self.eye_rows])}.get(d.zv_view)
         self.zv_embed = mlp(zv_in, d.proj_v) if zv_in else None
-        ezv = {"own": 0, "eyes": ev}.get(d.zv_view, ev) + (mlp_out(zv_in, d.proj_v) if zv_in else 0)
+        ezv = (0 if d.zv_view == "own" else ev) + (mlp_out(zv_in, d.proj_v) if zv_in else 0)
 
         self.q_w = StaticEncoder(ea + ev, d.w_hidden, d.w_head, d.w_dim)
         H, post, prior = d.chain_hidden, d.post_hidden, d.prior_hidden
@@ -167,7 +167,7 @@ class MDVAE(SequenceVAE):
         else:
             ea_av, ev_av = ea, ev
         eb = e.get("audio_band", ea)
-        ezv = {"own": [], "eyes": [ev]}.get(self.dims.zv_view, [ev]) + ([e["visual_zv"]] if "visual_zv" in e else [])
+        ezv = ([] if self.dims.zv_view == "own" else [ev]) + ([e["visual_zv"]] if "visual_zv" in e else [])
         return {"zav": torch.cat([ea_av, ev_av, w], -1), "za": torch.cat([eb, w], -1), "zv": torch.cat([*ezv, w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:
