@@ -92,7 +92,8 @@ class MDVAE(SequenceVAE):
         # q(z^v)'s own view of the face (zv_view): the whole feature, or the eye rows of its grid (channel-major)
         G = d.visual_grid
         self.eye_rows = slice(round(EYE_ROWS[0] * G), round(EYE_ROWS[1] * G))
-        zv_in = {"own": d.feat_v, "eyes": d.feat_v // G * len(range(G)[self.eye_rows])}.get(d.zv_view)
+        rows = self.eye_rows.stop - self.eye_rows.start
+        zv_in = {"own": d.feat_v, "eyes": d.feat_v // G * rows}.get(d.zv_view)  # None: the shared embedding only
         self.zv_embed = mlp(zv_in, d.proj_v) if zv_in else None
         ezv = (0 if d.zv_view == "own" else ev) + (mlp_out(zv_in, d.proj_v) if zv_in else 0)
 
