@@ -20,7 +20,7 @@ from avmdvae.models import (
     VisualVQVAE,
     VisualVQVAEDims,
 )
-from avmdvae.models.layers import AdditiveDecoder, ClipCritic, FiLMDecoder, mlp_out, unroll
+from avmdvae.models.layers import AdditiveDecoder, ClipCritic, FiLMDecoder, decoder, mlp_out, unroll
 from avmdvae.models.seqvae import COMPILE_CONFIG, compile_model
 
 torch.set_num_threads(1)
@@ -249,6 +249,29 @@ def test_additive_decoder_moves_the_features_by_the_same_amount_whatever_w() -> 
             assert all(g is not None and g.abs().sum() > 0 for g in grads), (mod, part)
 
 
+def test_concat_film_decoder_is_the_concat_mlp_plus_w_s_modulation_of_its_hidden_units() -> None:
+    """decoder "concat-film": h_1 = tanh(A [w, z] + a) * (1 + g(w)) + s(w); at initialisation exactly the
+    concat decoder with the same first layer (w reaches the output nonlinearly through it), and once g is
+    learnt, w also scales what z does (an interaction the concat MLP has to build from tanh units)."""
+    torch.manual_seed(0)
+    dec = decoder("concat-film", 3, 5, [6], 2).double()
+    plain = decoder("concat", 3, 5, [6], 2).double()
+    plain.load_state_dict({"0.weight": dec.layers[0].weight, "0.bias": dec.layers[0].bias,
+                           "2.weight": dec.out.weight, "2.bias": dec.out.bias})
+    x = torch.randn(7, 8, dtype=torch.float64)
+    _close(dec(x), plain(x))
+    with torch.no_grad():
+        dec.film.weight.normal_()
+    g, s = dec.film(x[:, :3]).chunk(2, -1)
+    _close(dec(x), dec.out(torch.tanh(dec.layers[0](x)) * (1 + g) + s))
+    m, d, xa, xv = _tiny_mdvae(B=2, T=4, decoder="concat-film")
+    m(xa, xv).loss.backward()
+    assert m.decoders["visual"].layers[0].weight.shape == (d.dec_hidden_v[0], d.w_dim + d.zav_dim + d.zv_dim)
+    assert m.decoders["visual"].film.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="concat-film needs hidden layers"):
+        MDVAEDims.from_dict({"decoder": "concat-film", "dec_hidden_v": []})
+
+
 def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z() -> None:
     """decoder "film": h = tanh(A z + a) * (1 + g(w)) + s(w) per hidden layer; at initialisation g = s = 0,
     so w has no effect until it is learnt; the model trains through it (gradcheck)."""
@@ -265,7 +288,7 @@ def test_film_decoder_lets_w_scale_and_shift_every_hidden_unit_of_an_mlp_over_z(
     _close(dec(torch.cat([w, z], -1)), dec.out(h))
     with pytest.raises(ConfigError, match="film needs hidden layers"):
         MDVAEDims.from_dict({"decoder": "film", "dec_hidden_a": []})
-    with pytest.raises(ConfigError, match="decoder must be one of concat, film, additive"):
+    with pytest.raises(ConfigError, match="decoder must be one of concat, film, concat-film, additive"):
         MDVAEDims.from_dict({"decoder": "adain"})
 
     m, d, xa, xv = _tiny_mdvae(B=2, T=4, decoder="film")

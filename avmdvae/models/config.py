@@ -22,7 +22,7 @@ from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
-DECODERS = ("concat", "film", "additive")  # MDVAEDims.decoder, layers.decoder
+DECODERS = ("concat", "film", "concat-film", "additive")  # MDVAEDims.decoder, layers.decoder
 OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
 ZV_VIEWS = ("shared", "own", "eyes")  # MDVAEDims.zv_view: what q(z^v) reads of the face
 # the rows of a 64 x 64 face crop where the eyes lie (pixel rows 16-36: the eye line at about 0.4 of the
@@ -219,8 +219,9 @@ class MDVAEDims(_Dims):
     # only through w (layers.window_view; docs/results.md, quality benchmark ablations)
     chain_inputs: str = "frames"
     # how the decoders read w: "concat" (one more input of the MLP, the paper), "film" (w scales and
-    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder) or "additive" (an MLP of w plus
-    # one of the z's: layers.AdditiveDecoder)
+    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder), "concat-film" (both: the concat
+    # MLP whose hidden units w also scales and shifts) or "additive" (an MLP of w plus one of the z's:
+    # layers.AdditiveDecoder)
     decoder: str = "concat"
     # what the decoders read of the dynamical latents: "absolute" (z_t as it is, the paper), "centred-za"
     # (z^a_t minus its mean over the sequence), "centred-za-zv" (z^a and z^v) or "centred" (every z): a
@@ -282,8 +283,10 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
         if self.decoder_z not in DECODER_Z:
             raise ConfigError(f"MDVAEDims.decoder_z must be one of {', '.join(DECODER_Z)}, got {self.decoder_z!r}")
-        if self.decoder == "film" and not (self.dec_hidden_a and self.dec_hidden_v):
-            raise ConfigError("MDVAEDims.decoder film needs hidden layers: set dec_hidden_a and dec_hidden_v")
+        if self.decoder in ("film", "concat-film") and not (self.dec_hidden_a and self.dec_hidden_v):
+            raise ConfigError(
+                f"MDVAEDims.decoder {self.decoder} needs hidden layers: set dec_hidden_a and dec_hidden_v"
+            )
 
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:

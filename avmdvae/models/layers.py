@@ -6,7 +6,8 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     GaussianHead   x -> (mean, logvar)
     StaticEncoder  q(w | e_{1:T}): bidirectional nn.GRU (cuDNN on a GPU), final states -> GaussianHead
     Chain          one dynamical latent: GRU state over its own past samples, prior and posterior heads
-    FiLMDecoder    [w, z] -> MLP over z whose hidden layers w scales and shifts (decoders "film")
+    FiLMDecoder    [w, z] -> MLP over z (or [w, z]) whose hidden layers w scales and shifts (decoders "film",
+                   "concat-film")
     AdditiveDecoder [w, z] -> MLP(w) + MLP(z): a z's effect does not depend on w (decoders "additive")
     window_view    what the chains' posteriors see of the frames: as they are, or without the window's
                    mean (and scale), so that what stays put in a window can reach the decoders only via w
@@ -118,19 +119,21 @@ class Standardize(nn.Module):
 class FiLMDecoder(nn.Module):
     """x = [w, z] (..., w_dim + z_dim), w first -> (..., out_dim).
 
-        h_0 = z,   h_k = tanh(A_k h_{k-1} + a_k) * (1 + g_k(w)) + s_k(w),   out = Linear(h_K)
+        h_0 = z (w_input: [w, z]),   h_k = tanh(A_k h_{k-1} + a_k) * (1 + g_k(w)) + s_k(w),   out = Linear(h_K)
 
-    w modulates every hidden unit (feature-wise linear modulation, Perez et al. 2018) instead of being
-    one more input of the MLP: a static code can rescale what the dynamical ones say, e.g. a speaker's
-    formant scale applied to an articulation. g and s start at 0 (the plain MLP over z).
+    w modulates every hidden unit (feature-wise linear modulation, Perez et al. 2018): a static code can
+    rescale what the dynamical ones say, e.g. a speaker's formant scale applied to an articulation, or how
+    a blink looks on this face. Without w_input, w is not an input of the MLP, so what it says by itself
+    reaches the output only through the last hidden layer's shifts (linearly); with it, the MLP is the
+    plain "concat" decoder plus the modulation. g and s start at 0 (the plain MLP).
     """
 
-    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int, w_input: bool = False) -> None:
         super().__init__()
         if not hidden:
             raise ConfigError("a FiLM decoder needs at least one hidden layer width")
-        self.w_dim, self.widths = w_dim, list(hidden)
-        dims = [z_dim, *hidden]
+        self.w_dim, self.widths, self.w_input = w_dim, list(hidden), w_input
+        dims = [z_dim + (w_dim if w_input else 0), *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.film = nn.Linear(w_dim, 2 * sum(hidden))
         nn.init.zeros_(self.film.weight)
@@ -138,7 +141,7 @@ class FiLMDecoder(nn.Module):
         self.out = nn.Linear(dims[-1], out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        w, h = x[..., : self.w_dim], x[..., self.w_dim :]
+        w, h = x[..., : self.w_dim], (x if self.w_input else x[..., self.w_dim :])
         gains, shifts = self.film(w).chunk(2, -1)
         for layer, g, s in zip(self.layers, gains.split(self.widths, -1), shifts.split(self.widths, -1), strict=True):
             h = torch.tanh(layer(h)) * (1.0 + g) + s
@@ -161,11 +164,11 @@ class AdditiveDecoder(nn.Module):
 
 def decoder(kind: str, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Module:
     """A per-frame decoder of [w, z] (w first): "concat", one MLP over the concatenation (the paper),
-    "film" (FiLMDecoder) or "additive" (AdditiveDecoder)."""
+    "film" (FiLMDecoder over z), "concat-film" (FiLMDecoder over [w, z]) or "additive" (AdditiveDecoder)."""
     if kind == "concat":
         return mlp(w_dim + z_dim, hidden, out_dim)
-    if kind == "film":
-        return FiLMDecoder(w_dim, z_dim, hidden, out_dim)
+    if kind in ("film", "concat-film"):
+        return FiLMDecoder(w_dim, z_dim, hidden, out_dim, w_input=kind == "concat-film")
     if kind == "additive":
         return AdditiveDecoder(w_dim, z_dim, hidden, out_dim)
     raise ConfigError(f"unknown decoder {kind!r}; use one of {', '.join(DECODERS)}")

@@ -11,7 +11,8 @@ Generative model of a sequence of T frames, audio features x^a_t and visual feat
     x^a_t ~ N(dec_a(w, z^av_t, z^a_t), s_a^2)            s^2 = 1, or learned per dim or per modality
                                                          (learn_obs_var, obs_var_per)
     x^v_t ~ N(dec_v(w, z^av_t, z^v_t), s_v^2)            dec: an MLP over [w, z's], or (decoder "film")
-                                                         one over the z's whose hidden units w modulates;
+                                                         one over the z's whose hidden units w modulates
+                                                         ("concat-film": over [w, z's], w modulating too);
                                                          (decoder_z "centred-za" / "centred-za-zv" /
                                                          "centred": z^a / z^a and z^v / every z enters the
                                                          decoders minus its mean over the T frames)
