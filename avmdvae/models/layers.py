@@ -124,7 +124,7 @@ class FiLMDecoder(nn.Module):
     w modulates every hidden unit (feature-wise linear modulation, Perez et al. 2018): a static code can
     rescale what the dynamical ones say, e.g. a speaker's formant scale applied to an articulation, or how
     a blink looks on this face. Without w_input, w is not an input of the MLP, so what it says by itself
-    reaches the output only through the last hidden layer's shifts (linearly); with it, the MLP is the
+    reaches the output only through the shifts (with one hidden layer, linearly); with it, the MLP is the
     plain "concat" decoder plus the modulation. g and s start at 0 (the plain MLP).
     """
 
