@@ -23,6 +23,7 @@ from avmdvae.errors import ConfigError
 
 CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
 DECODERS = ("concat", "film", "concat-film", "additive")  # MDVAEDims.decoder, layers.decoder
+FILM_DECODERS = ("film", "concat-film")  # the decoders built as layers.FiLMDecoder (need hidden layers)
 OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
 ZV_VIEWS = ("shared", "own", "eyes")  # MDVAEDims.zv_view: what q(z^v) reads of the face
 # the rows of a 64 x 64 face crop where the eyes lie (pixel rows 16-36: the eye line at about 0.4 of the
@@ -283,7 +284,7 @@ class MDVAEDims(_Dims):
             raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
         if self.decoder_z not in DECODER_Z:
             raise ConfigError(f"MDVAEDims.decoder_z must be one of {', '.join(DECODER_Z)}, got {self.decoder_z!r}")
-        if self.decoder in ("film", "concat-film") and not (self.dec_hidden_a and self.dec_hidden_v):
+        if self.decoder in FILM_DECODERS and not (self.dec_hidden_a and self.dec_hidden_v):
             raise ConfigError(
                 f"MDVAEDims.decoder {self.decoder} needs hidden layers: set dec_hidden_a and dec_hidden_v"
             )

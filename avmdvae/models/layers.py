@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
-from avmdvae.models.config import CHAIN_INPUTS, DECODERS
+from avmdvae.models.config import CHAIN_INPUTS, DECODERS, FILM_DECODERS
 
 LOG_2PI = math.log(2.0 * math.pi)
 STD_FLOOR = 1e-3  # relative floor of a standardised dimension's std (a constant dimension stays finite)
@@ -167,7 +167,7 @@ def decoder(kind: str, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: i
     "film" (FiLMDecoder over z), "concat-film" (FiLMDecoder over [w, z]) or "additive" (AdditiveDecoder)."""
     if kind == "concat":
         return mlp(w_dim + z_dim, hidden, out_dim)
-    if kind in ("film", "concat-film"):
+    if kind in FILM_DECODERS:
         return FiLMDecoder(w_dim, z_dim, hidden, out_dim, w_input=kind == "concat-film")
     if kind == "additive":
         return AdditiveDecoder(w_dim, z_dim, hidden, out_dim)
