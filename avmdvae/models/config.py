@@ -21,14 +21,6 @@ from typing import Any, ClassVar, TypeVar
 from avmdvae.constants import FACE_SIZE, N_BINS
 from avmdvae.errors import ConfigError
 
-CHAIN_INPUTS = ("frames", "deviations", "normalised")  # MDVAEDims.chain_inputs, layers.window_view
-DECODERS = ("concat", "film", "concat-film", "additive")  # MDVAEDims.decoder, layers.decoder
-FILM_DECODERS = ("film", "concat-film")  # the decoders built as layers.FiLMDecoder (need hidden layers)
-OBS_VAR_PER = ("dim", "modality")  # MDVAEDims.obs_var_per: what one learned observation variance covers
-ZV_VIEWS = ("shared", "own", "eyes")  # MDVAEDims.zv_view: what q(z^v) reads of the face
-# the rows of a 64 x 64 face crop where the eyes lie (pixel rows 16-36: the eye line at about 0.4 of the
-# crop's height, plus the lids and brows), as fractions of its height, for MDVAEDims.zv_view "eyes"
-EYE_ROWS = (16 / 64, 36 / 64)
 # MDVAEDims.decoder_z -> the latents the decoders read minus their mean over the sequence (MDVAE.decoder_inputs)
 DECODER_Z: dict[str, tuple[str, ...]] = {
     "absolute": (), "centred-za": ("za",), "centred-za-zv": ("za", "zv"), "centred": ("zav", "za", "zv"),
@@ -41,6 +33,9 @@ class _Dims:
     """Mixin: dict round trip with a clear error on unknown keys or wrong types."""
 
     may_be_zero: ClassVar[tuple[str, ...]] = ()  # integer fields for which 0 is valid (all others: > 0)
+    # keys of removed switches -> the one value still accepted (what the model now always does; None: any);
+    # configs of older runs hold them, so they are dropped at that value and refused at any other
+    retired: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -48,6 +43,12 @@ class _Dims:
     @classmethod
     def from_dict(cls: type[_D], d: dict[str, Any] | None) -> _D:
         d = dict(d or {})
+        for k, kept in cls.retired.items():
+            if k in d and d.pop(k) != kept and kept is not None:
+                raise ConfigError(
+                    f"{cls.__name__}.{k} was an ablation switch and has been removed (only {kept!r} is accepted): "
+                    f"see docs/results.md, 'Switches removed', to rerun it"
+                )
         names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -193,7 +194,6 @@ class MDVAEDims(_Dims):
     feat_a: int = 512  # audio VQ-VAE feature (64 * 8)
     audio_positions: int = 64  # frequency positions of that feature, lowest first (feat_a / audio_positions channels)
     feat_v: int = 2048  # visual VQ-VAE feature (8 * 8 * 32)
-    visual_grid: int = 8  # rows (= columns) of that feature's grid (feat_v / visual_grid^2 channels, channel-major)
     w_dim: int = 84
     zav_dim: int = 16
     za_dim: int = 8
@@ -207,87 +207,38 @@ class MDVAEDims(_Dims):
     prior_hidden: list[int] = _widths(64)  # prior heads p(z_t | state)
     dec_hidden_a: list[int] = _widths(256)  # audio decoder [w, zav, za] -> feature mean
     dec_hidden_v: list[int] = _widths(512)  # visual decoder [w, zav, zv] -> feature mean
-    learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood (of standardised features)
-    # with learn_obs_var, one variance per feature dimension ("dim") or one per modality ("modality"): per dim,
-    # a dimension the model predicts badly (the eyes' and mouth's cells) gets a large variance and its errors
-    # weigh less than a well-predicted one's (the background's); per modality every dimension weighs the same
-    obs_var_per: str = "dim"
+    learn_obs_var: bool = False  # False: unit-variance Gaussian likelihood; True: one learned variance per dim
     # False: p(z_t) = N(0, I) at every frame, so content that stays put costs its KL at every frame
     # in a dynamical latent and once in w (docs/results.md, quality benchmark ablations)
     dynamic_prior: bool = True
-    # what q(z^c_t) sees of the frames: "frames" (as they are, the paper), "deviations" (minus the window's
-    # mean) or "normalised" (also over its std): then what stays put in a window reaches the decoders
-    # only through w (layers.window_view; docs/results.md, quality benchmark ablations)
-    chain_inputs: str = "frames"
-    # how the decoders read w: "concat" (one more input of the MLP, the paper), "film" (w scales and
-    # shifts the hidden units of an MLP over the z's: layers.FiLMDecoder), "concat-film" (both: the concat
-    # MLP whose hidden units w also scales and shifts) or "additive" (an MLP of w plus one of the z's:
-    # layers.AdditiveDecoder)
-    decoder: str = "concat"
     # what the decoders read of the dynamical latents: "absolute" (z_t as it is, the paper), "centred-za"
     # (z^a_t minus its mean over the sequence), "centred-za-zv" (z^a and z^v) or "centred" (every z): a
     # constant in a centred latent cannot reach the decoders, so it has to come through w (or z^av)
     decoder_z: str = "absolute"
-    # weight (per frame, in nats) of an adversary that tells whether two halves of a window's z^a come from
-    # the same window (layers.ClipCritic), played against the encoder: what z^a says about its clip
-    # (speaker, emotion level) is then penalised. 0: no critic (the paper)
-    za_critic: float = 0.0
-    # share of training windows in which q(z^av) sees one modality only (the other's embedding zeroed, each
-    # modality dropped in half of them): what only one modality shows (f0, head motion) cannot be relied on
-    # in z^av and belongs to z^a / z^v. 0: both always (the paper); inference always sees both
-    zav_modality_dropout: float = 0.0
-    # weight (per frame) of a swap-consistency term: each window is decoded from latents drawn from different
-    # windows of the batch (w of one, z^av of another, ...), the result encoded again, and the squared distance
-    # of the posterior means to the latents it was made from is penalised, so that each latent means the
-    # same whatever it is combined with. 0: none (the paper)
-    swap_cycle: float = 0.0
     # what q(z^a) reads of the audio: 0, the audio embedding (the paper); k > 0, an embedding of its own (an MLP
     # of proj_a's widths) of the k lowest frequency positions of the stage-1 feature only (k = 8 of 64: up to
     # about 1 kHz, where the harmonics of the voice's f0 are resolved), so that z^a is inferred from where the
     # pitch shows and not from the spectral envelope above it
     za_band: int = 0
-    # what q(z^v) reads of the face: "shared" (the visual embedding q(w) and q(z^av) read too, the paper), "own"
-    # (an embedding of its own, proj_v's widths, of the whole feature) or "eyes" (the shared one plus an embedding
-    # of its own of the grid rows where the eyes lie, EYE_ROWS), where the shared embedding keeps little of a blink
-    zv_view: str = "shared"
     seq_len: int = 30  # training window length T (frames at 30 fps = 1 s)
+
+    # switches of refuted ablations, removed on 2026-12-06 (docs/results.md, "Switches removed")
+    retired: ClassVar[dict[str, Any]] = {
+        "obs_var_per": "dim", "chain_inputs": "frames", "decoder": "concat", "za_critic": 0.0,
+        "zav_modality_dropout": 0.0, "swap_cycle": 0.0, "zv_view": "shared", "visual_grid": None,
+    }
 
     def validate(self) -> None:
         super().validate()
         if not self.post_hidden:
             raise ConfigError("MDVAEDims.post_hidden needs at least one layer width")
-        if self.chain_inputs not in CHAIN_INPUTS:
-            valid = ", ".join(CHAIN_INPUTS)
-            raise ConfigError(f"MDVAEDims.chain_inputs must be one of {valid}, got {self.chain_inputs!r}")
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"MDVAEDims.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
-        if self.zv_view not in ZV_VIEWS:
-            raise ConfigError(f"MDVAEDims.zv_view must be one of {', '.join(ZV_VIEWS)}, got {self.zv_view!r}")
-        if self.zv_view == "eyes" and self.feat_v % self.visual_grid**2:
-            raise ConfigError(
-                f"MDVAEDims.zv_view eyes needs feat_v ({self.feat_v}) a multiple of visual_grid^2 "
-                f"({self.visual_grid}^2)"
-            )
-        if self.obs_var_per not in OBS_VAR_PER:
-            valid = ", ".join(OBS_VAR_PER)
-            raise ConfigError(f"MDVAEDims.obs_var_per must be one of {valid}, got {self.obs_var_per!r}")
-        if not 0 <= self.zav_modality_dropout <= 1:
-            raise ConfigError(f"MDVAEDims.zav_modality_dropout must be in [0, 1], got {self.zav_modality_dropout}")
-        if self.swap_cycle < 0:
-            raise ConfigError(f"MDVAEDims.swap_cycle must be >= 0, got {self.swap_cycle}")
         if self.za_band and (self.feat_a % self.audio_positions or not 0 < self.za_band <= self.audio_positions):
             raise ConfigError(
                 f"MDVAEDims.za_band must be in [0, audio_positions = {self.audio_positions}] and feat_a "
                 f"({self.feat_a}) a multiple of audio_positions, got za_band {self.za_band}"
             )
-        if self.za_critic < 0:
-            raise ConfigError(f"MDVAEDims.za_critic must be >= 0, got {self.za_critic}")
         if self.decoder_z not in DECODER_Z:
             raise ConfigError(f"MDVAEDims.decoder_z must be one of {', '.join(DECODER_Z)}, got {self.decoder_z!r}")
-        if self.decoder in FILM_DECODERS and not (self.dec_hidden_a and self.dec_hidden_v):
-            raise ConfigError(
-                f"MDVAEDims.decoder {self.decoder} needs hidden layers: set dec_hidden_a and dec_hidden_v"
-            )
 
     @classmethod
     def tiny(cls, feat_a: int = 16, feat_v: int = 64) -> MDVAEDims:

@@ -7,6 +7,7 @@ its past samples and posterior q(z_t | e_t, w, h_t), decoder [w, z_t] -> Gaussia
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -46,7 +47,7 @@ class DSAE(SequenceVAE):
         self.decoders = nn.ModuleDict({modality: mlp(d.w_dim + z, d.dec_hidden, d.feat)})
         self._init_likelihood({modality: d.feat}, d.learn_obs_var)
 
-    def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
+    def contexts(self, e: Mapping[str, Tensor], w: Tensor) -> dict[str, Tensor]:
         return {"z": torch.cat([e[self.modality], w], -1)}
 
     def decoder_inputs(self, w: Tensor, z: dict[str, Tensor]) -> dict[str, Tensor]:

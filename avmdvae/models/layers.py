@@ -6,14 +6,7 @@ Shapes: B sequences, T frames; every tensor is batch-first.
     GaussianHead   x -> (mean, logvar)
     StaticEncoder  q(w | e_{1:T}): bidirectional nn.GRU (cuDNN on a GPU), final states -> GaussianHead
     Chain          one dynamical latent: GRU state over its own past samples, prior and posterior heads
-    FiLMDecoder    [w, z] -> MLP over z (or [w, z]) whose hidden layers w scales and shifts (decoders "film",
-                   "concat-film")
-    AdditiveDecoder [w, z] -> MLP(w) + MLP(z): a z's effect does not depend on w (decoders "additive")
-    window_view    what the chains' posteriors see of the frames: as they are, or without the window's
-                   mean (and scale), so that what stays put in a window can reach the decoders only via w
     unroll         advances several chains together, frame by frame (the models' only time loop)
-    ClipCritic     tells whether two halves of a latent sequence come from the same window (an adversary
-                   on what a dynamical latent says about its clip)
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from avmdvae.errors import ConfigError
-from avmdvae.models.config import CHAIN_INPUTS, DECODERS, FILM_DECODERS
 
 LOG_2PI = math.log(2.0 * math.pi)
 STD_FLOOR = 1e-3  # relative floor of a standardised dimension's std (a constant dimension stays finite)
@@ -71,13 +63,13 @@ def gaussian_kl(mq: Tensor, lvq: Tensor, mp: Tensor | None = None, lvp: Tensor |
 
 def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor | None) -> Tensor:
     """-log N(x; mean, e^logvar) summed over every element (a scalar, at least float32); logvar (D,) is
-    per last-dim feature, (1,) one for all of them, None = unit variance. The squared error is summed per
+    per last-dim feature, None = unit variance. The squared error is summed per
     feature first, so that the big (..., D) tensors are read once forward and once backward."""
     sq = (_wide(x) - _wide(mean)).pow(2).flatten(0, -2).sum(0)  # (D,)
     n = x.numel() // x.shape[-1]  # elements per feature
     if logvar is None:
         return 0.5 * (sq.sum() + x.numel() * LOG_2PI)
-    lv = _wide(logvar).expand_as(sq)
+    lv = _wide(logvar)
     return 0.5 * ((sq * torch.exp(-lv)).sum() + n * lv.sum() + x.numel() * LOG_2PI)
 
 
@@ -114,81 +106,6 @@ class Standardize(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * self.std + self.mean
-
-
-class FiLMDecoder(nn.Module):
-    """x = [w, z] (..., w_dim + z_dim), w first -> (..., out_dim).
-
-        h_0 = z (w_input: [w, z]),   h_k = tanh(A_k h_{k-1} + a_k) * (1 + g_k(w)) + s_k(w),   out = Linear(h_K)
-
-    w modulates every hidden unit (feature-wise linear modulation, Perez et al. 2018): a static code can
-    rescale what the dynamical ones say, e.g. a speaker's formant scale applied to an articulation, or how
-    a blink looks on this face. Without w_input, w is not an input of the MLP, so what it says by itself
-    reaches the output only through the shifts (with one hidden layer, linearly); with it, the MLP is the
-    plain "concat" decoder plus the modulation. g and s start at 0 (the plain MLP).
-    """
-
-    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int, w_input: bool = False) -> None:
-        super().__init__()
-        if not hidden:
-            raise ConfigError("a FiLM decoder needs at least one hidden layer width")
-        self.w_dim, self.widths, self.w_input = w_dim, list(hidden), w_input
-        dims = [z_dim + (w_dim if w_input else 0), *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
-        self.film = nn.Linear(w_dim, 2 * sum(hidden))
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
-        self.out = nn.Linear(dims[-1], out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        w, h = x[..., : self.w_dim], (x if self.w_input else x[..., self.w_dim :])
-        gains, shifts = self.film(w).chunk(2, -1)
-        for layer, g, s in zip(self.layers, gains.split(self.widths, -1), shifts.split(self.widths, -1), strict=True):
-            h = torch.tanh(layer(h)) * (1.0 + g) + s
-        return self.out(h)
-
-
-class AdditiveDecoder(nn.Module):
-    """x = [w, z] (..., w_dim + z_dim), w first -> static(w) + dynamic(z) (..., out_dim), two MLPs with the
-    same hidden widths: what a z says is the same displacement of the features whatever the w, so that
-    a z taken from another clip moves its factor and cannot bring that clip's w along by interaction."""
-
-    def __init__(self, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> None:
-        super().__init__()
-        self.w_dim = w_dim
-        self.static, self.dynamic = mlp(w_dim, hidden, out_dim), mlp(z_dim, hidden, out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.static(x[..., : self.w_dim]) + self.dynamic(x[..., self.w_dim :])
-
-
-def decoder(kind: str, w_dim: int, z_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Module:
-    """A per-frame decoder of [w, z] (w first): "concat", one MLP over the concatenation (the paper),
-    "film" (FiLMDecoder over z), "concat-film" (FiLMDecoder over [w, z]) or "additive" (AdditiveDecoder)."""
-    if kind == "concat":
-        return mlp(w_dim + z_dim, hidden, out_dim)
-    if kind in FILM_DECODERS:
-        return FiLMDecoder(w_dim, z_dim, hidden, out_dim, w_input=kind == "concat-film")
-    if kind == "additive":
-        return AdditiveDecoder(w_dim, z_dim, hidden, out_dim)
-    raise ConfigError(f"unknown decoder {kind!r}; use one of {', '.join(DECODERS)}")
-
-
-def window_view(e: Tensor, mode: str = "frames") -> Tensor:
-    """Per-frame embeddings (B, T, E) as the dynamical posteriors see them.
-
-    "frames": unchanged. "deviations": minus their mean over the window's T frames. "normalised": also
-    divided by their std over the window (instance normalisation over time, as content encoders of voice
-    conversion do to drop the speaker). Anything constant over the window is then invisible to the chains.
-    """
-    if mode == "frames":
-        return e
-    if mode not in CHAIN_INPUTS:
-        raise ConfigError(f"unknown chain input view {mode!r}; use one of {', '.join(CHAIN_INPUTS)}")
-    centred = e - e.mean(1, keepdim=True)
-    if mode == "deviations":
-        return centred
-    return centred * torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + 1e-5)
 
 
 class GaussianHead(nn.Module):
@@ -329,41 +246,3 @@ def sample_chains(chains: Mapping[str, Chain], B: int, T: int, like: Tensor,
             h = c.cell(zs[-1], h)
         out[n] = torch.stack(zs, 1)
     return out
-
-
-class ClipCritic(nn.Module):
-    """An adversary on what a dynamical latent says about its clip, without labels.
-
-    z (B, T, D) -> each window's two halves -> their mean and std over frames -> an MLP on the pair ->
-    the logit of "these halves come from the same window". Positive pairs: (first half of i, second half
-    of i); negatives: (first half of i, second half of i + 1) in the batch. A constant (a speaker, an
-    emotion level) in z makes the halves agree and the critic right.
-
-    `forward` returns (loss, accuracy): the binary cross-entropy of the critic, and its accuracy. The
-    input goes through a gradient reversal (value z, gradient -1): minimising `loss` trains the critic
-    to tell and the encoder that made z to hide what it tells by.
-    """
-
-    def __init__(self, z_dim: int, hidden: Sequence[int] = (64,)) -> None:
-        super().__init__()
-        self.net = mlp(8 * z_dim, hidden, 1)
-
-    @staticmethod
-    def _stats(z: Tensor) -> Tensor:
-        return torch.cat([z.mean(1), z.std(1, unbiased=False)], -1)  # (B, 2 D)
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if z.shape[0] < 2 or z.shape[1] < 4:
-            raise ConfigError("the clip critic needs at least 2 windows of at least 4 frames")
-        z = 2.0 * z.detach() - z  # gradient reversal: same value, gradient -1 into the encoder
-        half = z.shape[1] // 2
-        a, b = self._stats(z[:, :half]), self._stats(z[:, half:])
-        b_other = b.roll(1, 0)
-
-        def logit(x: Tensor, y: Tensor) -> Tensor:  # symmetric in the two halves
-            return self.net(torch.cat([x + y, (x - y).abs(), x * y, (x - y).pow(2)], -1)).squeeze(-1)
-
-        logits = torch.cat([logit(a, b), logit(a, b_other)])
-        target = torch.cat([torch.ones(len(a)), torch.zeros(len(a))]).to(logits)
-        loss = nn.functional.binary_cross_entropy_with_logits(_wide(logits), _wide(target))
-        return loss, ((logits > 0) == target.bool()).float().mean()

@@ -29,7 +29,6 @@ from avmdvae.models.layers import (
     reparameterize,
     sample_chains,
     unroll,
-    window_view,
 )
 
 
@@ -110,19 +109,16 @@ class SequenceVAE(nn.Module):
     q_w: StaticEncoder
     chains: nn.ModuleDict  # chain name -> Chain, a parent before its children
     decoders: nn.ModuleDict  # modality -> MLP to the standardised feature mean
-    obs_logvar: nn.ParameterDict | None  # modality -> log-variance (D,) or (1,) of the likelihood; None: unit
+    obs_logvar: nn.ParameterDict | None  # modality -> log-variance (D,) of the likelihood; None: unit
     w_dim: int
     seq_len: int
-    chain_inputs: str = "frames"  # what the chains' posteriors see of the embeddings (layers.window_view)
 
-    def _init_likelihood(self, dims: Mapping[str, int], learn: bool, per: str = "dim") -> None:
-        """One learned log-variance per feature dimension (per "dim") or per modality (per "modality", a (1,)
-        parameter), or none (learn False: unit variance)."""
-        size = {m: d if per == "dim" else 1 for m, d in dims.items()}
-        self.obs_logvar = nn.ParameterDict({m: torch.zeros(n) for m, n in size.items()}) if learn else None
+    def _init_likelihood(self, dims: Mapping[str, int], learn: bool) -> None:
+        """One learned log-variance per feature dimension, or none (learn False: unit variance)."""
+        self.obs_logvar = nn.ParameterDict({m: torch.zeros(d) for m, d in dims.items()}) if learn else None
 
     # ---- wiring, per model
-    def contexts(self, e: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
+    def contexts(self, e: Mapping[str, Tensor], w: Tensor) -> dict[str, Tensor]:
         """Embeddings e[m] (B, T, E_m) and w (B, T, Dw) -> chain name -> posterior context (B, T, C)."""
         raise NotImplementedError
 
@@ -190,8 +186,7 @@ class SequenceVAE(nn.Module):
         T = next(iter(e.values())).shape[1]
         w_mean, w_logvar = self.q_w(torch.cat([e[m] for m in self.modalities], -1))
         w = reparameterize(w_mean, w_logvar, eps["w"])
-        ec = {m: window_view(v, self.chain_inputs) for m, v in e.items()}
-        return (w_mean, w_logvar), w, unroll(self.chains, self.contexts(ec, w[:, None].expand(-1, T, -1)), eps)
+        return (w_mean, w_logvar), w, unroll(self.chains, self.contexts(e, w[:, None].expand(-1, T, -1)), eps)
 
     def _decode(self, w: Tensor, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """-> modality -> standardised feature mean (B, T, D); w (B, Dw) or per frame (B, T, Dw)."""
@@ -265,8 +260,7 @@ class SequenceVAE(nn.Module):
 
         wins = windows(N, T, hop)
         L = wins[0][1] - wins[0][0]
-        ew = {m: window_view(torch.cat([v[:, a:b] for a, b in wins]), self.chain_inputs)
-              for m, v in e.items()}  # (len(wins) * B, L, E)
+        ew = {m: torch.cat([v[:, a:b] for a, b in wins]) for m, v in e.items()}  # (len(wins) * B, L, E)
         ww = w.repeat(len(wins), 1)[:, None].expand(-1, L, -1)
         zeros = {n: eav.new_zeros(len(wins) * B, L, c.z_dim) for n, c in self.chains.items()}
         ch = unroll(self.chains, self.contexts(ew, ww), zeros)

@@ -34,9 +34,6 @@ _LABELS = {
     "frames_per_s": "frames/s",
     "elbo": "ELBO",
     "kl_weight": "KL weight",
-    "critic_za": "critic(za) cross-entropy",  # MDVAEDims.za_critic
-    "critic_za_acc": "critic(za) accuracy",
-    "swap_cycle": "swap consistency",  # MDVAEDims.swap_cycle
 }
 _REC = {"visual": "rec (face MSE)", "audio": "rec (Itakura-Saito)"}
 

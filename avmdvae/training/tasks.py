@@ -314,7 +314,6 @@ class MDVAETask(_Stage2Task):
         _set_feat(self.config, "feat_v", visual.feature_dim, ref.feat_v, "visual VQ-VAE's feature size")
         positions, what = audio.dims.positions, "audio VQ-VAE's number of frequency positions"
         _set_feat(self.config, "audio_positions", positions, ref.audio_positions, what)
-        _set_feat(self.config, "visual_grid", visual.dims.grid, ref.visual_grid, "visual VQ-VAE's grid size")
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, train: bool
