@@ -201,6 +201,11 @@ def test_config_yaml_overrides_and_types(tmp_path):
             c = resolve("vqvae", "visual", None, bad)
             tasks_build_check(c)
         assert "\n" not in str(e.value)
+    # a removed MDVAE switch (docs/results.md, "Switches removed"): dropped at its kept value (configs of older
+    # runs hold it), refused with the reason at any other
+    assert "decoder" not in resolve("mdvae", None, None, ["model.decoder=concat", "model.swap_cycle=0"])["model"]
+    with pytest.raises(ConfigError, match="model.decoder was an ablation switch and has been removed"):
+        resolve("mdvae", None, None, ["model.decoder=film"])
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve("vqvae", "visual", tmp_path / "bad.yaml")

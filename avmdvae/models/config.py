@@ -44,11 +44,8 @@ class _Dims:
     def from_dict(cls: type[_D], d: dict[str, Any] | None) -> _D:
         d = dict(d or {})
         for k, kept in cls.retired.items():
-            if k in d and d.pop(k) != kept and kept is not None:
-                raise ConfigError(
-                    f"{cls.__name__}.{k} was an ablation switch and has been removed (only {kept!r} is accepted): "
-                    f"see docs/results.md, 'Switches removed', to rerun it"
-                )
+            if k in d:
+                check_retired(f"{cls.__name__}.{k}", d.pop(k), kept)
         names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -83,6 +80,15 @@ class _Dims:
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be positive, got {v}")
             if isinstance(v, list) and any(x <= 0 for x in v):
                 raise ConfigError(f"{type(self).__name__}.{f.name} layer widths must be positive, got {v}")
+
+
+def check_retired(name: str, value: Any, kept: Any) -> None:
+    """A removed switch's key is accepted at the value the model now always has (kept; None: any value)."""
+    if kept is not None and value != kept:
+        raise ConfigError(
+            f"{name} was an ablation switch and has been removed (only {kept!r} is accepted): "
+            f"see docs/results.md, 'Switches removed', to rerun it"
+        )
 
 
 def _is_int(v: Any) -> bool:
