@@ -23,7 +23,6 @@ import yaml
 
 from avmdvae.constants import MODALITIES
 from avmdvae.errors import ConfigError
-from avmdvae.models.config import MDVAEDims, check_retired
 
 Kind = Literal["vqvae", "mdvae", "dsae"]
 KINDS: tuple[str, ...] = ("vqvae", "mdvae", "dsae")
@@ -160,19 +159,18 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     raise ConfigError(f"config key {key} must be of type {type(default).__name__}, got {value!r}")
 
 
-# keys of removed MDVAE switches (models.config.MDVAEDims.retired): configs of older runs hold them
-RETIRED = {f"model.{k}": kept for k, kept in MDVAEDims.retired.items()}
-
-
 def merge(base: dict[str, Any], updates: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A copy of `base` with `updates` merged in; unknown keys and wrong types are ConfigErrors."""
     out = copy.deepcopy(base)
     for key, value in updates.items():
         name = f"{prefix}{key}"
-        if name in RETIRED and key not in base:  # a removed switch: dropped at its kept value, refused otherwise
-            check_retired(name, value, RETIRED[name])
-            continue
         if key not in base:
+            from avmdvae.models.config import MDVAEDims, check_retired  # (as `defaults`: imported late, for the CLI)
+
+            retired = {f"model.{k}": kept for k, kept in MDVAEDims.retired.items()}
+            if name in retired:  # a removed switch (configs of older runs hold them): dropped at its kept value
+                check_retired(name, value, retired[name])
+                continue
             known = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {name!r} (known here: {known})")
         out[key] = _coerce(value, base[key], name)
