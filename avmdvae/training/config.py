@@ -167,9 +167,8 @@ def merge(base: dict[str, Any], updates: dict[str, Any], prefix: str = "") -> di
         if key not in base:
             from avmdvae.models.config import MDVAEDims, check_retired  # (as `defaults`: imported late, for the CLI)
 
-            retired = {f"model.{k}": kept for k, kept in MDVAEDims.retired.items()}
-            if name in retired:  # a removed switch (configs of older runs hold them): dropped at its kept value
-                check_retired(name, value, retired[name])
+            if prefix == "model." and key in MDVAEDims.retired:  # a removed switch (older configs hold them)
+                check_retired(name, value, MDVAEDims.retired[key])  # dropped at its kept value, refused otherwise
                 continue
             known = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {name!r} (known here: {known})")
