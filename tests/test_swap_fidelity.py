@@ -216,6 +216,8 @@ def test_linear_classifier_matches_the_sklearn_pipeline_it_replaces() -> None:
         assert (mine.predict(x) == ref.predict(x)).all()
 
 
+# the planted pickle below is written with pickle.dumps (protocol 4), which torch.load warns about before refusing it
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_estimator_cache_roundtrip(tmp_path, monkeypatch) -> None:
     calls = []
 
