@@ -15,6 +15,7 @@ does not fit is an error). The resolved dict is stored in every checkpoint and p
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -94,18 +95,34 @@ def check_kind(kind: str, modality: str | None) -> None:
         raise ConfigError(f"--modality {modality!r}: use audio or visual")
 
 
-def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:
-    """The model section's defaults: the fields of the model's dims dataclass."""
+def dims_type(kind: str, modality: str | None) -> type:
+    """The dims dataclass of a model kind (and modality for vqvae/dsae): what its model section holds."""
     from avmdvae.models import config as mc
 
     check_kind(kind, modality)
     if kind == "vqvae":
-        dims = mc.VisualVQVAEDims() if modality == "visual" else mc.AudioVQVAEDims()
-    elif kind == "mdvae":
-        dims = mc.MDVAEDims()
-    else:
-        dims = mc.DSAEDims.for_modality(modality)
-    return _plain(asdict(dims))
+        return mc.VisualVQVAEDims if modality == "visual" else mc.AudioVQVAEDims
+    return mc.MDVAEDims if kind == "mdvae" else mc.DSAEDims
+
+
+def model_defaults(kind: str, modality: str | None) -> dict[str, Any]:
+    """The model section's defaults: the fields of the model's dims dataclass."""
+    cls = dims_type(kind, modality)
+    return _plain(asdict(cls.for_modality(modality) if kind == "dsae" else cls()))
+
+
+def _drop_retired(data: dict[str, Any], retired: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without the removed ablation switches of its model section (`retired`: key -> the value the model
+    now always has); a switch set to any other value is refused by `check_retired`."""
+    model = data.get("model")
+    if not retired or not isinstance(model, dict) or not retired.keys() & model.keys():
+        return data
+    from avmdvae.models.config import check_retired
+
+    model = dict(model)
+    for key in sorted(retired.keys() & model.keys()):
+        check_retired(f"model.{key}", model.pop(key), retired[key])
+    return {**data, "model": model}
 
 
 def defaults(kind: str, modality: str | None = None) -> dict[str, Any]:
@@ -165,11 +182,6 @@ def merge(base: dict[str, Any], updates: dict[str, Any], prefix: str = "") -> di
     for key, value in updates.items():
         name = f"{prefix}{key}"
         if key not in base:
-            from avmdvae.models.config import MDVAEDims, check_retired  # (as `defaults`: imported late, for the CLI)
-
-            if prefix == "model." and key in MDVAEDims.retired:  # a removed switch (older configs hold them)
-                check_retired(name, value, MDVAEDims.retired[key])  # dropped at its kept value, refused otherwise
-                continue
             known = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {name!r} (known here: {known})")
         out[key] = _coerce(value, base[key], name)
@@ -195,14 +207,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings; each goes through the same checks as the YAML file."""
+def apply_overrides(config: dict[str, Any], overrides: list[str],
+                    retired: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Apply `section.key=value` strings; each goes through the same checks as the YAML file (`retired`: the
+    model's removed switches, as in `resolve`)."""
     for text in overrides:
         path, value = parse_override(text)
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
-        config = merge(config, nested)
+        config = merge(config, _drop_retired(nested, retired or {}))
     return config
 
 
@@ -246,7 +260,7 @@ def resolve(
     A YAML file may carry top-level `kind:`/`modality:` keys (documentation of what it is for);
     they must then agree with the command.
     """
-    check_kind(kind, modality)
+    retired = dims_type(kind, modality).retired  # removed switches: older configs hold them
     config = copy.deepcopy(base) if base is not None else defaults(kind, modality)
     if config_path is not None:
         data = load_yaml(config_path)
@@ -258,8 +272,8 @@ def resolve(
                         f"config file {config_path} is for {key} {given!r}, not {expected!r}: "
                         "pass the matching models/*.yaml"
                     )
-        config = merge(config, data)
-    config = apply_overrides(config, overrides or [])
+        config = merge(config, _drop_retired(data, retired))
+    config = apply_overrides(config, overrides or [], retired)
     validate(config)
     return config
 
